@@ -1,0 +1,45 @@
+"""Empirical risk minimisation with the same learner interface as :class:`gradmatch.fish.Fish`."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from .fish import OptimizerFactory
+from .gip import gradient_inner_product
+from .losses import LossFn, check_finite, cross_entropy_loss
+
+
+class ERM:
+    """One optimizer step per :meth:`step` on the mean of the given batches' losses."""
+
+    def __init__(self, model: nn.Module, optimizer: OptimizerFactory,
+                 *, loss_fn: LossFn = cross_entropy_loss) -> None:
+        self.model = model
+        self.loss_fn = loss_fn
+        self.optimizer = optimizer(model.parameters())
+        self.num_steps = 0
+
+    def step(self, batches: Sequence[Any], *, track_gip: bool = False) -> dict:
+        """Returns ``loss`` and, if ``track_gip`` and there are >= 2 batches, ``gip``/``gip_cos``."""
+        if len(batches) == 0:
+            raise ValueError("ERM.step needs at least one batch")
+        stats = gradient_inner_product(self.model, batches, self.loss_fn) if track_gip else {}
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = torch.stack([self.loss_fn(self.model, b) for b in batches]).mean()
+        check_finite(loss, f"in ERM step {self.num_steps}")
+        loss.backward()
+        self.optimizer.step()
+        self.num_steps += 1
+        stats["loss"] = loss.item()
+        return stats
+
+    def state_dict(self) -> dict:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "num_steps": self.num_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.num_steps = int(state["num_steps"])
