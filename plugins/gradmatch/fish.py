@@ -105,12 +105,12 @@ class Fish:
         self._inner_params = list(self.inner.parameters())
         meta_buffers = list(model.buffers())
         inner_buffers = list(self.inner.buffers())
-        self._float_buffers = [
-            (m, i) for m, i in zip(meta_buffers, inner_buffers) if m.is_floating_point()
-        ]
-        self._other_buffers = [
-            (m, i) for m, i in zip(meta_buffers, inner_buffers) if not m.is_floating_point()
-        ]
+        self._meta_buffers, self._inner_buffers = meta_buffers, inner_buffers
+        floating = [b.is_floating_point() for b in meta_buffers]
+        self._meta_float = [b for b, f in zip(meta_buffers, floating) if f]
+        self._inner_float = [b for b, f in zip(inner_buffers, floating) if f]
+        self._meta_other = [b for b, f in zip(meta_buffers, floating) if not f]
+        self._inner_other = [b for b, f in zip(inner_buffers, floating) if not f]
 
     # ------------------------------------------------------------------ public API
     @property
@@ -203,8 +203,8 @@ class Fish:
         order = self.domain_order(len(batches))
         with torch.no_grad():
             torch._foreach_copy_(self._inner_params, self._meta_params)
-            for meta, inner in self._float_buffers + self._other_buffers:
-                inner.copy_(meta)
+            if self._meta_buffers:
+                torch._foreach_copy_(self._inner_buffers, self._meta_buffers)
         if self.reset_inner_optimizer:
             self.inner_optimizer.state.clear()
         self.inner.train(self.model.training)
@@ -213,22 +213,26 @@ class Fish:
         for domain in order:
             self.inner_optimizer.zero_grad(set_to_none=True)
             loss = self.loss_fn(self.inner, batches[domain])
-            check_finite(loss, f"on domain batch {domain} in Fish step {self.num_steps}")
             loss.backward()
             self.inner_optimizer.step()
             losses.append(loss.detach())
+        losses = torch.stack(losses)
+        # One host sync per step; a non-finite loss never reaches the meta weights.
+        if not torch.isfinite(losses).all():
+            bad = int(torch.nonzero(~torch.isfinite(losses))[0])
+            check_finite(losses[bad], f"on domain batch {order[bad]} in Fish step {self.num_steps}")
 
         eps = self.meta_step_size(len(order))
         with torch.no_grad():
             torch._foreach_lerp_(self._meta_params, self._inner_params, eps)
-            for meta, inner in self._float_buffers:
+            if self._meta_float:
                 if self.buffers == "interpolate":
-                    meta.lerp_(inner, eps)
+                    torch._foreach_lerp_(self._meta_float, self._inner_float, eps)
                 else:
-                    meta.copy_(inner)
-            for meta, inner in self._other_buffers:
-                meta.copy_(inner)
-        return torch.stack(losses).mean().item()
+                    torch._foreach_copy_(self._meta_float, self._inner_float)
+            if self._meta_other:
+                torch._foreach_copy_(self._meta_other, self._inner_other)
+        return losses.mean().item()
 
     def _sync_inner_device(self) -> None:
         """Follow ``model.to(device/dtype)`` calls made after construction."""

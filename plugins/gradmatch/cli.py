@@ -1,0 +1,156 @@
+"""The ``gradmatch`` command: ``demo``, ``train``, ``evaluate`` and ``presets``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import List, Optional
+
+
+def _block_wilds_version_check() -> None:
+    """``import wilds`` starts a thread asking PyPI for a newer version (no timeout); the
+    package skips it when ``outdated`` cannot be imported. Only this process is affected."""
+    sys.modules.setdefault("outdated", None)
+
+
+def _add_train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", required=True,
+                   help="cdsprites, or a WILDS dataset with a preset: camelyon17, fmow, iwildcam, "
+                        "poverty, civilcomments, amazon")
+    p.add_argument("--algorithm", default="fish", choices=["fish", "erm"])
+    p.add_argument("--out", required=True, help="run folder (must be new or empty, unless --resume)")
+    p.add_argument("--root-dir", default="data", help="folder holding <dataset>_v<version>/")
+    p.add_argument("--download", action="store_true",
+                   help="allow downloading the dataset and pretrained weights if missing")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fold", help="Poverty fold A-E (the replicate name of its predictions)")
+    g = p.add_argument_group("hyperparameters (default: the dataset's official Fish preset)")
+    g.add_argument("--batch-size", type=int, help="examples per domain (Fish) / per step (ERM)")
+    g.add_argument("--lr", type=float, help="inner (Fish) or main (ERM) optimizer learning rate")
+    g.add_argument("--meta-lr", type=float)
+    g.add_argument("--meta-steps", type=int, help="domains visited per Fish step")
+    g.add_argument("--step-size", default="official", choices=["official", "domainbed"],
+                   help="eps = meta_lr / meta_steps (official) or eps = meta_lr (domainbed)")
+    g.add_argument("--reset-inner-optimizer", dest="reset_inner_optimizer", action="store_true", default=None)
+    g.add_argument("--carry-inner-optimizer", dest="reset_inner_optimizer", action="store_false")
+    g.add_argument("--erm-pretrain-iters", type=int)
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--max-steps", type=int, help="stop after this many steps (overrides --epochs)")
+    g.add_argument("--eval-every", type=int, help="steps between evaluations (0: epoch ends only)")
+    g.add_argument("--eval-splits", nargs="+", help="default: every non-train split")
+    g.add_argument("--selection-metric")
+    g.add_argument("--selection-split")
+    g.add_argument("--no-pretrained", dest="pretrained", action="store_false", default=None,
+                   help="train from scratch even where the preset uses ImageNet/HF weights")
+    o = p.add_argument_group("run")
+    o.add_argument("--checkpoint-every", type=int, default=200)
+    o.add_argument("--gip-every", type=int, default=0, help="log GIP every N steps (0: off)")
+    o.add_argument("--log-every", type=int, default=10)
+    o.add_argument("--frac", type=float, default=1.0, help="use this fraction of every split")
+    o.add_argument("--num-workers", type=int, default=0)
+    o.add_argument("--device", default="auto")
+    o.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    o.add_argument("--no-progress", dest="progress", action="store_false")
+    o.add_argument("--dataset-kwargs", type=json.loads, default={},
+                   help='JSON passed to the dataset, e.g. \'{"num_domains": 10}\'')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gradmatch", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="ERM vs Fish on CdSprites-N (no download, minutes on a CPU)")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--seeds", type=int, default=3)
+    demo.add_argument("--steps", type=int, default=300, help="Fish meta-steps (ERM gets N times as many)")
+    demo.add_argument("--num-domains", type=int, default=15, help="N of CdSprites-N")
+    demo.add_argument("--batch-size", type=int, default=32, help="examples per domain per Fish step")
+    demo.add_argument("--meta-lr", type=float, default=0.5, help="Fish meta step eps")
+    demo.add_argument("--threads", type=int, default=1,
+                      help="torch CPU threads (1 avoids oversubscription slowdowns on shared machines)")
+    demo.add_argument("--no-progress", dest="progress", action="store_false")
+
+    _add_train_args(sub.add_parser("train", help="train Fish or ERM on a WILDS dataset or CdSprites-N"))
+
+    ev = sub.add_parser("evaluate", help="score a predictions folder with WILDS' official metrics")
+    ev.add_argument("predictions", help="folder holding <dataset>/<dataset>_split:..._seed:N_....csv")
+    ev.add_argument("--dataset", required=True)
+    ev.add_argument("--root-dir", default="data")
+    ev.add_argument("--output-dir", help="where to write <dataset>_results.json")
+    ev.add_argument("--allow-partial", action="store_true", help="score the replicates that are present")
+
+    sub.add_parser("presets", help="print the official Fish hyperparameters per dataset")
+    return parser
+
+
+def _train(args) -> None:
+    from .wilds.runner import RunConfig, train
+
+    import torch
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError("--threads must be >= 1")
+        torch.set_num_threads(args.threads)
+    fields = {k: v for k, v in vars(args).items() if k not in ("command", "out", "resume", "threads")}
+    summary = train(RunConfig(out_dir=args.out, **fields), resume=args.resume)
+    print(json.dumps(summary, indent=2))
+
+
+def _demo(args) -> None:
+    import torch
+
+    from .demo import format_table, run_demo
+
+    if args.threads < 1:
+        raise ValueError("--threads must be >= 1")
+    torch.set_num_threads(args.threads)
+
+    summary = run_demo(args.out, seeds=args.seeds, steps=args.steps, num_domains=args.num_domains,
+                       batch_size=args.batch_size, meta_lr=args.meta_lr, progress=args.progress)
+    print(format_table(summary))
+    print(f"wrote {args.out}/summary.json and {args.out}/demo.png")
+
+
+def _evaluate(args) -> None:
+    from .wilds.predictions import evaluate_predictions
+
+    out = evaluate_predictions(args.predictions, args.dataset, root_dir=args.root_dir,
+                               output_dir=args.output_dir, allow_partial=args.allow_partial)
+    print(json.dumps(out["results"], indent=2))
+
+
+def _presets(args) -> None:
+    from .wilds.presets import PRESETS
+
+    cols = ["model", "inner_optimizer", "batch_size", "meta_lr", "meta_steps", "erm_pretrain_iters",
+            "epochs", "selection_metric", "groupby_fields"]
+    print(f"{'dataset':<14}" + "".join(f"{c:<20}" for c in cols) + "lr")
+    for name, p in PRESETS.items():
+        print(f"{name:<14}" + "".join(f"{str(getattr(p, c)):<20}" for c in cols) + str(p.optimizer_kwargs["lr"]))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    _block_wilds_version_check()
+    args = build_parser().parse_args(argv)
+    from .losses import NonFiniteLossError
+
+    try:
+        {"train": _train, "demo": _demo, "evaluate": _evaluate, "presets": _presets}[args.command](args)
+    except NonFiniteLossError as err:
+        print(f"gradmatch: error: {err}. The last checkpoint is kept: rerun with --resume "
+              "after changing the learning rate.", file=sys.stderr)
+        return 1
+    except (FileExistsError, FileNotFoundError, ValueError, ImportError, KeyError) as err:
+        print(f"gradmatch: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gradmatch: interrupted; checkpoints are kept: rerun the same command (train: add --resume) "
+              "to continue", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""WILDS adapters for Fish: per-dataset presets (models, transforms, hyperparameters) and the runner."""

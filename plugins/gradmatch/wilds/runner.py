@@ -1,0 +1,462 @@
+"""Train Fish or ERM on a WILDS dataset with WILDS' own data, groupers and ``dataset.eval``.
+
+Output folder (``out_dir``):
+
+- ``config.json``: the resolved run configuration;
+- ``log.jsonl``: one JSON record per line: ``{"kind": "train", "step", "epoch", "phase",
+  "loss", ["gip", "gip_cos"], "sec_per_step"}`` and ``{"kind": "eval", "step", "epoch",
+  "split", "metrics": {...}}``;
+- ``checkpoint.pt``: everything needed to resume exactly (learner, RNG states, position);
+  written atomically every ``checkpoint_every`` steps, at epoch ends and on Ctrl-C;
+- ``best_model.pt``: the model with the best ``selection_metric`` on ``selection_split``;
+- ``predictions/<dataset>/<dataset>_split:<split>_<seed:N|fold:X>_epoch:best_pred.csv``: the
+  selected model's predictions on every non-train split, in WILDS' ``evaluate.py`` format;
+- ``summary.json``: written last: the selected step and its metrics on every split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..erm import ERM
+from ..fish import Fish
+from . import presets as P
+from .compat import apply_compat, get_wilds_dataset
+from .predictions import replicate_name, write_predictions
+from .samplers import DomainBatchPlanner, PooledBatchPlanner
+
+ALGORITHMS = ("fish", "erm")
+
+
+@dataclass
+class RunConfig:
+    """A training run. ``None`` fields take the dataset preset's (official Fish) value."""
+
+    dataset: str
+    out_dir: str
+    algorithm: str = "fish"
+    root_dir: str = "data"
+    seed: int = 0
+    fold: Optional[str] = None              # Poverty's fold (A-E); the replicate name follows it
+    batch_size: Optional[int] = None        # per domain for Fish; per step for ERM
+    lr: Optional[float] = None              # inner (Fish) / main (ERM) optimizer lr
+    meta_lr: Optional[float] = None
+    meta_steps: Optional[int] = None        # domains per Fish step
+    step_size: str = "official"             # eps = meta_lr / meta_steps ("official") or meta_lr
+    reset_inner_optimizer: Optional[bool] = None
+    erm_pretrain_iters: Optional[int] = None
+    epochs: Optional[int] = None
+    max_steps: Optional[int] = None         # stop after this many learner steps (all phases)
+    eval_every: Optional[int] = None        # steps; 0 = only at epoch ends and at the end
+    eval_splits: Optional[List[str]] = None  # default: every non-train split
+    selection_metric: Optional[str] = None
+    selection_split: Optional[str] = None
+    pretrained: Optional[bool] = None
+    checkpoint_every: int = 200
+    gip_every: int = 0                      # track GIP every this many steps (0 = off)
+    log_every: int = 10
+    frac: float = 1.0                       # fraction of each split to use (smoke runs)
+    num_workers: int = 0
+    device: str = "auto"
+    download: bool = False
+    progress: bool = True
+    dataset_kwargs: Dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {self.algorithm!r}; choose one of {ALGORITHMS}")
+        if self.step_size not in ("official", "domainbed"):
+            raise ValueError("step_size must be 'official' (meta_lr / meta_steps) or 'domainbed' (meta_lr)")
+        positive = {"batch_size": self.batch_size, "lr": self.lr, "meta_lr": self.meta_lr,
+                    "meta_steps": self.meta_steps, "epochs": self.epochs, "max_steps": self.max_steps}
+        for name, value in positive.items():
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value!r}")
+        if not 0 < self.frac <= 1:
+            raise ValueError(f"--frac must be in (0, 1], got {self.frac!r}")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise ValueError("--checkpoint-every and --log-every must be >= 1")
+
+
+class RunExistsError(FileExistsError):
+    """The output folder holds another run; resume it or choose another folder."""
+
+
+# ---------------------------------------------------------------------------------------- setup
+def load_dataset(cfg: RunConfig):
+    """The full WILDS dataset object for ``cfg`` (CdSprites-N is generated, others read from disk)."""
+    if cfg.dataset == "cdsprites":
+        from .cdsprites import CdSpritesNDataset
+
+        return CdSpritesNDataset(seed=cfg.seed, **cfg.dataset_kwargs)
+    preset = P.get_preset(cfg.dataset)
+    kwargs = {**preset.dataset_kwargs, **cfg.dataset_kwargs}
+    if cfg.fold is not None:
+        kwargs["fold"] = cfg.fold
+    return get_wilds_dataset(cfg.dataset, root_dir=cfg.root_dir, download=cfg.download, **kwargs)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def logits_to_prediction(loss: str, logits: torch.Tensor) -> torch.Tensor:
+    """What ``dataset.eval`` and the prediction files take: class ids, or raw values for regression."""
+    if loss == "cross_entropy":
+        return logits.argmax(-1)
+    if loss == "binary_cross_entropy":
+        return (logits.reshape(-1) > 0).long()
+    return logits.reshape(logits.shape[0], -1).squeeze(-1)
+
+
+def _to_device(batch, device):
+    return tuple(t.to(device, non_blocking=True) if torch.is_tensor(t) else t for t in batch)
+
+
+def _split_batch(batch, sizes: List[int]):
+    """Cut a collated ``(x, y, metadata)`` batch into consecutive per-domain batches."""
+    parts, start = [], 0
+    for size in sizes:
+        parts.append(tuple(t[start:start + size] for t in batch))
+        start += size
+    return parts
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)),
+                                                        pos, has_gauss, cached],
+             "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    random.setstate(_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _tuples(x):
+    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+# ---------------------------------------------------------------------------------------- run
+class Run:
+    """One training run; ``Run(cfg).train()`` starts or resumes it and returns the summary."""
+
+    def __init__(self, cfg: RunConfig, resume: bool = False):
+        cfg.validate()
+        self.cfg, self.resume = cfg, resume
+        self.out = Path(cfg.out_dir)
+        self._check_out_dir()
+        apply_compat()
+        self.preset = self._preset()
+        self.device = resolve_device(cfg.device)
+        self._seed_everything(cfg.seed)
+        self.dataset = load_dataset(cfg)
+        self._build()
+
+    # ---- configuration
+    def _preset(self) -> "P.Preset":
+        if self.cfg.dataset == "cdsprites":
+            from .cdsprites import cdsprites_preset
+
+            return cdsprites_preset(self.cfg.dataset_kwargs.get("num_domains", 15))
+        return P.get_preset(self.cfg.dataset)
+
+    def _check_out_dir(self) -> None:
+        ckpt, summary = self.out / "checkpoint.pt", self.out / "summary.json"
+        if self.resume:
+            if summary.exists():
+                raise RunExistsError(f"{self.out} holds a finished run (summary.json); nothing to resume")
+            return
+        if ckpt.exists():
+            raise RunExistsError(f"{self.out} already holds a run (checkpoint.pt); pass --resume to "
+                                 "continue it, or choose another --out")
+        if self.out.exists() and any(self.out.iterdir()):
+            raise RunExistsError(f"{self.out} is not empty; choose another --out (nothing is overwritten)")
+
+    def setting(self, name: str):
+        """The configured value of ``name``, else the preset's."""
+        value = getattr(self.cfg, name)
+        return getattr(self.preset, name) if value is None else value
+
+    def _seed_everything(self, seed: int) -> None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    def _build(self) -> None:
+        cfg, ds = self.cfg, self.dataset
+        self.train_set = ds.get_subset("train", frac=cfg.frac,
+                                       transform=self._transform(train=True))
+        self.eval_splits = cfg.eval_splits or [s for s in ds.split_dict if s != "train"]
+        unknown = [s for s in self.eval_splits if s not in ds.split_dict]
+        if unknown:
+            raise ValueError(f"unknown split(s) {unknown}; {cfg.dataset} has {list(ds.split_dict)}")
+        self.selection_split = self.setting("selection_split")
+        self.selection_metric = self.setting("selection_metric")
+        if self.selection_split not in self.eval_splits:
+            self.eval_splits.append(self.selection_split)
+        num_outputs = ds.n_classes if ds.n_classes is not None else ds.y_size
+        if self.preset.loss == "binary_cross_entropy":
+            num_outputs = 1
+        self.model = self._model(num_outputs).to(self.device)
+        self.loss_fn = P.loss_fn_for(self.preset)
+        lr = {} if cfg.lr is None else {"lr": cfg.lr}
+        optimizer = P.inner_optimizer_factory(self.preset, **lr)
+        batch_size = self.setting("batch_size")
+        self.pooled = PooledBatchPlanner(len(self.train_set), batch_size, cfg.seed)
+        if cfg.algorithm == "fish":
+            meta_steps = self.setting("meta_steps")
+            domains = P.fish_domains(self.preset, self.train_set.metadata_array, ds.metadata_fields)
+            self.per_domain = DomainBatchPlanner(domains, batch_size, meta_steps, cfg.seed)
+            reset = (not self.preset.reload_inner_optim if cfg.reset_inner_optimizer is None
+                     else cfg.reset_inner_optimizer)
+            self.learner = Fish(self.model, optimizer, self.setting("meta_lr"), loss_fn=self.loss_fn,
+                                step_size=cfg.step_size, reset_inner_optimizer=reset,
+                                erm_warmup_steps=self.setting("erm_pretrain_iters"), seed=cfg.seed)
+        else:
+            self.learner = ERM(self.model, optimizer, loss_fn=self.loss_fn)
+        self.epochs = self.setting("epochs")
+        self.eval_every = self.setting("eval_every") or 0
+
+    def _model(self, num_outputs: int):
+        if self.cfg.dataset == "cdsprites":
+            from ..nets import SpriteCNN
+
+            return SpriteCNN(num_outputs, image_size=self.dataset.image_size)
+        return P.build_model(self.preset, num_outputs, pretrained=self.cfg.pretrained,
+                             allow_download=self.cfg.download)
+
+    def _transform(self, train: bool):
+        if self.cfg.dataset == "cdsprites":
+            return None
+        return P.build_transform(self.preset, train=train, allow_download=self.cfg.download)
+
+    # ---- schedule
+    def _phase_planner(self, phase: str):
+        return self.per_domain if phase == "fish" else self.pooled
+
+    def _first_phase(self) -> str:
+        if self.cfg.algorithm == "erm":
+            return "erm"
+        return "warmup" if self.learner.erm_warmup_steps > 0 else "fish"
+
+    # ---- main loop
+    def train(self) -> dict:
+        self.out.mkdir(parents=True, exist_ok=True)
+        position = self._restore() if self.resume else self._start()
+        phase, epoch, pos, step = position["phase"], position["epoch"], position["pos"], position["step"]
+        self.best = position["best"]
+        self._last_eval_step = None
+        total = self._total_steps()
+        bar = _progress(total, step, self.cfg.progress, f"{self.cfg.algorithm} {self.cfg.dataset}")
+        self._log_file = open(self.out / "log.jsonl", "a")
+        try:
+            while not self._finished(phase, epoch, step):
+                plan = self._phase_planner(phase).plan(epoch)
+                steps = plan[pos:]
+                if self.cfg.max_steps is not None:
+                    steps = steps[:self.cfg.max_steps - step]
+                if phase == "warmup":
+                    steps = steps[:self.learner.erm_warmup_steps - step]
+                for indices, batch in zip(steps, self._loader(steps)):
+                    t0 = time.perf_counter()
+                    batch = _to_device(batch, self.device)
+                    sizes = [len(i) for i in indices]
+                    batches = _split_batch(batch, sizes) if len(sizes) > 1 else [batch]
+                    track = self.cfg.gip_every > 0 and step % self.cfg.gip_every == 0 and len(sizes) > 1
+                    stats = self.learner.step(batches, track_gip=track)
+                    step, pos = step + 1, pos + 1
+                    if step % self.cfg.log_every == 0 or "gip" in stats:
+                        self._log({"kind": "train", "step": step, "epoch": epoch,
+                                   "sec_per_step": time.perf_counter() - t0, **stats, "phase": phase})
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{stats['loss']:.3f}", best=self._best_str(), refresh=False)
+                    if self.eval_every and step % self.eval_every == 0:
+                        self._evaluate(step, epoch)
+                    if step % self.cfg.checkpoint_every == 0:
+                        self._save(phase, epoch, pos, step)
+                phase, epoch, pos = self._advance(phase, epoch, pos, step, len(plan))
+                if pos == 0:  # an epoch (or the warm-up) ended
+                    self._evaluate(step, epoch)
+                    self._save(phase, epoch, pos, step)
+            self._evaluate(step, epoch)
+            self._save(phase, epoch, pos, step)
+        except KeyboardInterrupt:
+            self._save(phase, epoch, pos, step)
+            bar.write(f"interrupted at step {step}; checkpoint saved, continue with --resume")
+            raise
+        finally:
+            bar.close()
+            self._log_file.close()
+        return self._finish()
+
+    def _finished(self, phase: str, epoch: int, step: int) -> bool:
+        if self.cfg.max_steps is not None:
+            return step >= self.cfg.max_steps
+        return phase != "warmup" and epoch >= self.epochs
+
+    def _advance(self, phase, epoch, pos, step, plan_len):
+        if phase == "warmup" and step >= self.learner.erm_warmup_steps:
+            return "fish", 0, 0
+        if pos >= plan_len:
+            return phase, epoch + 1, 0
+        return phase, epoch, pos
+
+    def _total_steps(self) -> Optional[int]:
+        if self.cfg.max_steps is not None:
+            return self.cfg.max_steps
+        planner = self.per_domain if self.cfg.algorithm == "fish" else self.pooled
+        warm = self.learner.erm_warmup_steps if self.cfg.algorithm == "fish" else 0
+        return warm + self.epochs * len(planner.plan(0))
+
+    def _loader(self, steps):
+        flat = [np.concatenate(s).tolist() for s in steps]
+        return DataLoader(self.train_set, batch_sampler=flat, num_workers=self.cfg.num_workers,
+                          collate_fn=self.dataset.collate, pin_memory=self.device.type == "cuda")
+
+    # ---- evaluation and selection
+    @torch.no_grad()
+    def predict(self, split: str):
+        """``(y_pred, y_true, metadata)`` of the current model on ``split``."""
+        subset = self.dataset.get_subset(split, frac=self.cfg.frac, transform=self._transform(train=False))
+        loader = DataLoader(subset, batch_size=self.preset.eval_batch_size, shuffle=False,
+                            num_workers=self.cfg.num_workers, collate_fn=self.dataset.collate)
+        was_training = self.model.training
+        self.model.eval()
+        preds, ys, metas = [], [], []
+        for x, y, meta in loader:
+            logits = self.model(x.to(self.device))
+            preds.append(logits_to_prediction(self.preset.loss, logits).cpu())
+            ys.append(y)
+            metas.append(meta)
+        self.model.train(was_training)
+        return torch.cat(preds), torch.cat(ys), torch.cat(metas)
+
+    def _evaluate(self, step: int, epoch: int) -> None:
+        if step == self._last_eval_step:
+            return
+        self._last_eval_step = step
+        for split in self.eval_splits:
+            y_pred, y_true, meta = self.predict(split)
+            metrics = self.dataset.eval(y_pred, y_true, meta)[0]
+            metrics = {k: float(v) for k, v in metrics.items()}
+            self._log({"kind": "eval", "step": step, "epoch": epoch, "split": split, "metrics": metrics})
+            if split == self.selection_split:
+                self._select(step, metrics)
+
+    def _select(self, step: int, metrics: dict) -> None:
+        if self.selection_metric not in metrics:
+            raise KeyError(f"selection metric {self.selection_metric!r} not among {sorted(metrics)}; "
+                           "pass --selection-metric")
+        value = metrics[self.selection_metric]
+        better = self.best is None or value > self.best["value"] or self.preset.keep_last_checkpoint
+        if better:
+            self.best = {"step": step, "value": value}
+            _atomic_save({"model": self.model.state_dict(), "step": step,
+                          self.selection_metric: value}, self.out / "best_model.pt")
+
+    def _best_str(self) -> str:
+        return "-" if self.best is None else f"{self.best['value']:.3f}@{self.best['step']}"
+
+    # ---- persistence
+    def _start(self) -> dict:
+        with open(self.out / "config.json", "w") as f:
+            json.dump(dataclasses.asdict(self.cfg), f, indent=2)
+        return {"phase": self._first_phase(), "epoch": 0, "pos": 0, "step": 0, "best": None}
+
+    def _save(self, phase, epoch, pos, step) -> None:
+        _atomic_save({"learner": self.learner.state_dict(), "phase": phase, "epoch": epoch,
+                      "pos": pos, "step": step, "best": self.best, "rng": _rng_state()},
+                     self.out / "checkpoint.pt")
+
+    def _restore(self) -> dict:
+        path = self.out / "checkpoint.pt"
+        if not path.exists():
+            raise FileNotFoundError(f"--resume: no checkpoint.pt in {self.out}; start a new run without --resume")
+        with open(self.out / "config.json") as f:
+            saved = json.load(f)
+        for key in ("dataset", "algorithm", "seed", "fold", "frac", "dataset_kwargs"):
+            if saved.get(key) != dataclasses.asdict(self.cfg)[key]:
+                raise ValueError(f"--resume: {key}={dataclasses.asdict(self.cfg)[key]!r} differs from "
+                                 f"the saved run's {saved.get(key)!r} ({self.out}/config.json)")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        self.learner.load_state_dict(state["learner"])
+        _set_rng_state(state["rng"])
+        self._truncate_log(state["step"])
+        return state
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop log records written after the checkpoint (they will be written again)."""
+        log = self.out / "log.jsonl"
+        if not log.exists():
+            return
+        keep = [line for line in log.read_text().splitlines()
+                if line.strip() and json.loads(line)["step"] <= step]
+        log.write_text("".join(line + "\n" for line in keep))
+
+    def _log(self, record: dict) -> None:
+        self._log_file.write(json.dumps(record) + "\n")
+        self._log_file.flush()
+
+    # ---- the end
+    def _finish(self) -> dict:
+        best = torch.load(self.out / "best_model.pt", map_location=self.device, weights_only=True)
+        self.model.load_state_dict(best["model"])
+        fold = self.cfg.fold or self.preset.dataset_kwargs.get("fold")
+        replicate = replicate_name(self.cfg.dataset, fold if self.cfg.dataset == "poverty" else self.cfg.seed)
+        results = {}
+        for split in [s for s in self.dataset.split_dict if s != "train"]:
+            y_pred, y_true, meta = self.predict(split)
+            results[split] = {k: float(v) for k, v in self.dataset.eval(y_pred, y_true, meta)[0].items()}
+            write_predictions(self.out / "predictions", self.cfg.dataset, split, replicate, y_pred,
+                              overwrite=True)
+        summary = {"dataset": self.cfg.dataset, "algorithm": self.cfg.algorithm, "seed": self.cfg.seed,
+                   "replicate": replicate, "selected_step": best["step"],
+                   "selection": {"split": self.selection_split, "metric": self.selection_metric,
+                                 "value": best[self.selection_metric]},
+                   "metrics": results}
+        with open(self.out / "summary.json", "w") as f:
+            json.dump(summary, f, indent=2)
+        return summary
+
+
+def _progress(total, initial, enabled, desc):
+    from tqdm.auto import tqdm
+
+    import sys
+
+    interactive = sys.stderr.isatty()
+    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, dynamic_ncols=True,
+                mininterval=0.1 if interactive else 10.0)
+
+
+def train(cfg: RunConfig, resume: bool = False) -> dict:
+    """Start (or, with ``resume``, continue) the run described by ``cfg``; returns its summary."""
+    return Run(cfg, resume=resume).train()
