@@ -7,12 +7,6 @@ import sys
 from typing import List, Optional
 
 
-def _block_wilds_version_check() -> None:
-    """``import wilds`` starts a thread asking PyPI for a newer version (no timeout); the
-    package skips it when ``outdated`` cannot be imported. Only this process is affected."""
-    sys.modules.setdefault("outdated", None)
-
-
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True,
                    help="cdsprites, or a WILDS dataset with a preset: camelyon17, fmow, iwildcam, "
@@ -28,6 +22,8 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("hyperparameters (default: the dataset's official Fish preset)")
     g.add_argument("--batch-size", type=int, help="examples per domain (Fish) / per step (ERM)")
     g.add_argument("--lr", type=float, help="inner (Fish) or main (ERM) optimizer learning rate")
+    g.add_argument("--optimizer", choices=["adam", "sgd"], help="inner (Fish) / main (ERM) optimizer")
+    g.add_argument("--momentum", type=float, help="SGD momentum")
     g.add_argument("--meta-lr", type=float)
     g.add_argument("--meta-steps", type=int, help="domains visited per Fish step")
     g.add_argument("--step-size", default="official", choices=["official", "domainbed"],
@@ -63,10 +59,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="ERM vs Fish on CdSprites-N (no download, minutes on a CPU)")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--seeds", type=int, default=3)
-    demo.add_argument("--steps", type=int, default=300, help="Fish meta-steps (ERM gets N times as many)")
+    demo.add_argument("--steps", type=int, default=450, help="Fish meta-steps (ERM gets N times as many)")
     demo.add_argument("--num-domains", type=int, default=15, help="N of CdSprites-N")
     demo.add_argument("--batch-size", type=int, default=32, help="examples per domain per Fish step")
     demo.add_argument("--meta-lr", type=float, default=0.5, help="Fish meta step eps")
+    demo.add_argument("--inner-lr", type=float, default=0.4,
+                      help="Fish's inner SGD step alpha (ERM's SGD step is meta_lr * inner_lr)")
+    demo.add_argument("--jobs", type=int, default=2, help="runs trained at once (processes)")
     demo.add_argument("--threads", type=int, default=1,
                       help="torch CPU threads (1 avoids oversubscription slowdowns on shared machines)")
     demo.add_argument("--no-progress", dest="progress", action="store_false")
@@ -103,12 +102,13 @@ def _demo(args) -> None:
 
     from .demo import format_table, run_demo
 
-    if args.threads < 1:
-        raise ValueError("--threads must be >= 1")
+    if args.threads < 1 or args.jobs < 1:
+        raise ValueError("--threads and --jobs must be >= 1")
     torch.set_num_threads(args.threads)
 
     summary = run_demo(args.out, seeds=args.seeds, steps=args.steps, num_domains=args.num_domains,
-                       batch_size=args.batch_size, meta_lr=args.meta_lr, progress=args.progress)
+                       batch_size=args.batch_size, meta_lr=args.meta_lr, inner_lr=args.inner_lr,
+                       jobs=args.jobs, progress=args.progress)
     print(format_table(summary))
     print(f"wrote {args.out}/summary.json and {args.out}/demo.png")
 
@@ -131,16 +131,27 @@ def _presets(args) -> None:
         print(f"{name:<14}" + "".join(f"{str(getattr(p, c)):<20}" for c in cols) + str(p.optimizer_kwargs["lr"]))
 
 
+def _after_divergence(args) -> str:
+    """What to do after a non-finite loss: resume from the kept checkpoint, if there is one."""
+    if args.command != "train":
+        return "Rerun with a lower learning rate."
+    from pathlib import Path
+
+    checkpoint = Path(args.out) / "checkpoint.pt"
+    if checkpoint.exists():
+        return (f"The last checkpoint ({checkpoint}) is kept: rerun with --resume and a lower --lr "
+                "(or --meta-lr); if it has diverged too, start again in a new --out.")
+    return "No checkpoint was written yet: rerun with a lower --lr (or --meta-lr) and a new --out."
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    _block_wilds_version_check()
     args = build_parser().parse_args(argv)
     from .losses import NonFiniteLossError
 
     try:
         {"train": _train, "demo": _demo, "evaluate": _evaluate, "presets": _presets}[args.command](args)
     except NonFiniteLossError as err:
-        print(f"gradmatch: error: {err}. The last checkpoint is kept: rerun with --resume "
-              "after changing the learning rate.", file=sys.stderr)
+        print(f"gradmatch: error: {err}. {_after_divergence(args)}", file=sys.stderr)
         return 1
     except (FileExistsError, FileNotFoundError, ValueError, ImportError, KeyError) as err:
         print(f"gradmatch: error: {err}", file=sys.stderr)

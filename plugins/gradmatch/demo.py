@@ -1,10 +1,14 @@
 """``gradmatch demo``: ERM vs Fish on CdSprites-N with equal budgets, on a CPU in minutes.
 
 Each seed trains ERM and Fish through the WILDS runner (``gradmatch.wilds.runner``) on the
-same generated dataset. Budgets are equal in examples and in gradient evaluations: Fish takes
-``steps`` meta-steps of N domains x ``batch_size``; ERM takes ``N * steps`` steps of
-``batch_size`` pooled examples. Both use the same Adam (amsgrad, lr 1e-3) and the same CNN; the
-model is selected on the colour-shuffled ``val`` split and scored on ``test``.
+same generated dataset and the same CNN. Budgets are equal in examples and in gradient
+evaluations: Fish takes ``steps`` meta-steps of N domains x ``batch_size``; ERM takes
+``N * steps`` steps of ``batch_size`` pooled examples. Fish is Algorithm 1 as written: plain SGD
+inner steps of size ``inner_lr`` and a meta step ``eps = meta_lr``. ERM uses its official
+CdSprites optimizer, Adam (amsgrad) at lr 1e-3: plain SGD at ``eps * inner_lr`` (the step that
+moves the weights as far per gradient as Fish does to first order) reads colour just the same
+but diverges on some seeds. Models are selected on the colour-shuffled ``val`` split and scored
+on ``test``.
 
 The output folder is resumable: finished runs are reused, interrupted ones resumed.
 """
@@ -19,16 +23,18 @@ import numpy as np
 from .wilds.runner import RunConfig, train
 
 ALGORITHMS = ("erm", "fish")
+ERM_LR = 1e-3
 
 
-def demo_settings(seeds: int, steps: int, num_domains: int, batch_size: int, meta_lr: float) -> dict:
-    if seeds < 1 or steps < 6 or num_domains < 2 or batch_size < 1 or not meta_lr > 0:
+def demo_settings(seeds: int, steps: int, num_domains: int, batch_size: int, meta_lr: float,
+                  inner_lr: float) -> dict:
+    if seeds < 1 or steps < 6 or num_domains < 2 or batch_size < 1 or not (meta_lr > 0 and inner_lr > 0):
         raise ValueError("demo needs --seeds >= 1, --steps >= 6, --num-domains >= 2, "
-                         "--batch-size >= 1 and --meta-lr > 0")
+                         "--batch-size >= 1, --meta-lr > 0 and --inner-lr > 0")
     return {"dataset": "cdsprites", "num_domains": num_domains, "seeds": seeds,
             "fish_steps": steps, "erm_steps": steps * num_domains, "batch_size": batch_size,
-            "fish": {"meta_lr": meta_lr, "eps": meta_lr, "inner_optimizer": "adam(amsgrad, lr=1e-3), reset every step"},
-            "erm": {"optimizer": "adam(amsgrad, lr=1e-3)"},
+            "fish": {"optimizer": "sgd", "inner_lr": inner_lr, "meta_lr": meta_lr, "eps": meta_lr},
+            "erm": {"optimizer": "adam", "amsgrad": True, "lr": ERM_LR},
             "examples_per_run": steps * num_domains * batch_size}
 
 
@@ -37,41 +43,70 @@ def run_config(out: Path, algorithm: str, seed: int, settings: dict, progress: b
     n, steps = settings["num_domains"], settings["fish_steps"]
     scale = 1 if algorithm == "fish" else n  # ERM steps per Fish step at equal budget
     eval_every = max(1, steps // 6) * scale
+    optimizer = dict(optimizer="sgd", momentum=0.0, lr=settings["fish"]["inner_lr"]) \
+        if algorithm == "fish" else dict(optimizer="adam", lr=settings["erm"]["lr"])
     return RunConfig(
         dataset="cdsprites", out_dir=str(out / f"{algorithm}_seed{seed}"), algorithm=algorithm,
-        seed=seed, batch_size=settings["batch_size"], meta_lr=settings["fish"]["meta_lr"],
+        seed=seed, batch_size=settings["batch_size"], meta_lr=settings["fish"]["meta_lr"], **optimizer,
         step_size="domainbed", max_steps=steps * scale, eval_every=eval_every,
         checkpoint_every=eval_every, gip_every=max(1, steps // 12) if algorithm == "fish" else 0,
         eval_splits=["val", "test"], progress=progress, dataset_kwargs={"num_domains": n},
     )
 
 
-def run_demo(out: str, seeds: int = 3, steps: int = 300, num_domains: int = 15, batch_size: int = 32,
-             meta_lr: float = 0.5, progress: bool = True) -> dict:
-    """Train (or reuse) every run, then write ``summary.json``, ``demo.png``; returns the summary."""
+def run_demo(out: str, seeds: int = 3, steps: int = 450, num_domains: int = 15, batch_size: int = 32,
+             meta_lr: float = 0.5, inner_lr: float = 0.4, jobs: int = 1, progress: bool = True) -> dict:
+    """Train (or reuse) every run, then write ``summary.json``, ``demo.png``; returns the summary.
+
+    ``jobs`` > 1 trains that many runs at once in worker processes (one torch thread each).
+    """
     out = Path(out)
-    settings = demo_settings(seeds, steps, num_domains, batch_size, meta_lr)
+    settings = demo_settings(seeds, steps, num_domains, batch_size, meta_lr, inner_lr)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "demo_config.json"
     if saved.exists() and json.loads(saved.read_text()) != settings:
         raise ValueError(f"{out} holds a demo with other settings ({saved}); choose another --out")
     saved.write_text(json.dumps(settings, indent=2))
 
-    runs: Dict[str, List[dict]] = {a: [] for a in ALGORITHMS}
-    for seed in range(seeds):
-        for algorithm in ALGORITHMS:
-            cfg = run_config(out, algorithm, seed, settings, progress)
-            run_dir = Path(cfg.out_dir)
-            if (run_dir / "summary.json").exists():
-                summary = json.loads((run_dir / "summary.json").read_text())
-            else:
-                summary = train(cfg, resume=(run_dir / "checkpoint.pt").exists())
-            runs[algorithm].append({"summary": summary, "curve": _test_curve(run_dir, algorithm, settings)})
+    configs = [run_config(out, algorithm, seed, settings, progress and jobs == 1)
+               for seed in range(seeds) for algorithm in ALGORITHMS]
+    if jobs > 1:
+        import multiprocessing
 
+        from tqdm.auto import tqdm
+
+        with multiprocessing.get_context("spawn").Pool(jobs, initializer=_one_thread) as pool, \
+                tqdm(total=len(configs), desc="demo runs", disable=not progress) as bar:
+            for cfg in pool.imap_unordered(_train_or_reuse, configs):
+                bar.update(1)
+                bar.write(f"finished {Path(cfg.out_dir).name}")
+    else:
+        for cfg in configs:
+            _train_or_reuse(cfg)
+
+    runs: Dict[str, List[dict]] = {a: [] for a in ALGORITHMS}
+    for cfg in configs:
+        run_dir = Path(cfg.out_dir)
+        runs[cfg.algorithm].append({"summary": json.loads((run_dir / "summary.json").read_text()),
+                                    "curve": _test_curve(run_dir, cfg.algorithm, settings)})
     summary = summarise(runs, settings)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     plot_demo(runs, summary, out / "demo.png")
     return summary
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _train_or_reuse(cfg: RunConfig) -> RunConfig:
+    """Train the run unless it finished; resume it if it was interrupted."""
+    run_dir = Path(cfg.out_dir)
+    if not (run_dir / "summary.json").exists():
+        train(cfg, resume=(run_dir / "checkpoint.pt").exists())
+    return cfg
 
 
 def summarise(runs: Dict[str, List[dict]], settings: dict) -> dict:

@@ -7,7 +7,9 @@ Output folder (``out_dir``):
   "loss", ["gip", "gip_cos"], "sec_per_step"}`` and ``{"kind": "eval", "step", "epoch",
   "split", "metrics": {...}}``;
 - ``checkpoint.pt``: everything needed to resume exactly (learner, RNG states, position);
-  written atomically every ``checkpoint_every`` steps, at epoch ends and on Ctrl-C;
+  written atomically every ``checkpoint_every`` steps, at epoch ends and on Ctrl-C (the first
+  Ctrl-C stops the run at the end of the current step; a second one stops it at once, keeping
+  the previous checkpoint). Resuming applies the given ``--lr`` (and ``--meta-lr``);
 - ``best_model.pt``: the model with the best ``selection_metric`` on ``selection_split``;
 - ``predictions/<dataset>/<dataset>_split:<split>_<seed:N|fold:X>_epoch:best_pred.csv``: the
   selected model's predictions on every non-train split, in WILDS' ``evaluate.py`` format;
@@ -20,6 +22,8 @@ import json
 import math
 import os
 import random
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +55,8 @@ class RunConfig:
     fold: Optional[str] = None              # Poverty's fold (A-E); the replicate name follows it
     batch_size: Optional[int] = None        # per domain for Fish; per step for ERM
     lr: Optional[float] = None              # inner (Fish) / main (ERM) optimizer lr
+    optimizer: Optional[str] = None         # "adam" | "sgd" (default: the preset's)
+    momentum: Optional[float] = None        # SGD momentum (default: the preset's, else 0)
     meta_lr: Optional[float] = None
     meta_steps: Optional[int] = None        # domains per Fish step
     step_size: str = "official"             # eps = meta_lr / meta_steps ("official") or meta_lr
@@ -83,6 +89,10 @@ class RunConfig:
         for name, value in positive.items():
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value!r}")
+        if self.optimizer is not None and self.optimizer not in ("adam", "sgd"):
+            raise ValueError(f"--optimizer must be adam or sgd, got {self.optimizer!r}")
+        if self.momentum is not None and not 0 <= self.momentum < 1:
+            raise ValueError(f"--momentum must be in [0, 1), got {self.momentum!r}")
         if not 0 < self.frac <= 1:
             raise ValueError(f"--frac must be in (0, 1], got {self.frac!r}")
         if self.checkpoint_every < 1 or self.log_every < 1:
@@ -91,6 +101,14 @@ class RunConfig:
 
 class RunExistsError(FileExistsError):
     """The output folder holds another run; resume it or choose another folder."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run at a step boundary, after saving a checkpoint there."""
+
+
+# The configuration keys a resumed run must share with the saved one.
+RESUME_KEYS = ("dataset", "algorithm", "seed", "fold", "frac", "dataset_kwargs")
 
 
 # ---------------------------------------------------------------------------------------- setup
@@ -186,6 +204,9 @@ class Run:
             from .cdsprites import cdsprites_preset
 
             return cdsprites_preset(self.cfg.dataset_kwargs.get("num_domains", 15))
+        if self.cfg.dataset not in P.PRESETS:
+            raise ValueError(f"unknown --dataset {self.cfg.dataset!r}; known: cdsprites, "
+                             f"{', '.join(sorted(P.PRESETS))}")
         return P.get_preset(self.cfg.dataset)
 
     def _check_out_dir(self) -> None:
@@ -193,12 +214,29 @@ class Run:
         if self.resume:
             if summary.exists():
                 raise RunExistsError(f"{self.out} holds a finished run (summary.json); nothing to resume")
+            if not ckpt.exists():
+                raise FileNotFoundError(f"--resume: no checkpoint.pt in {self.out}; start a new run "
+                                        "without --resume")
+            self._check_same_run()
             return
+        if summary.exists():
+            raise RunExistsError(f"{self.out} holds a finished run (summary.json; --resume has nothing "
+                                 "to continue); choose another --out (nothing is overwritten)")
         if ckpt.exists():
             raise RunExistsError(f"{self.out} already holds a run (checkpoint.pt); pass --resume to "
                                  "continue it, or choose another --out")
         if self.out.exists() and any(self.out.iterdir()):
             raise RunExistsError(f"{self.out} is not empty; choose another --out (nothing is overwritten)")
+
+    def _check_same_run(self) -> None:
+        """Refuse to resume with another dataset, algorithm, seed, fold, frac or dataset kwargs."""
+        with open(self.out / "config.json") as f:
+            saved = json.load(f)
+        current = dataclasses.asdict(self.cfg)
+        for key in RESUME_KEYS:
+            if saved.get(key) != current[key]:
+                raise ValueError(f"--resume: {key}={current[key]!r} differs from the saved run's "
+                                 f"{saved.get(key)!r} ({self.out}/config.json)")
 
     def setting(self, name: str):
         """The configured value of ``name``, else the preset's."""
@@ -227,8 +265,8 @@ class Run:
             num_outputs = 1
         self.model = self._model(num_outputs).to(self.device)
         self.loss_fn = P.loss_fn_for(self.preset)
-        lr = {} if cfg.lr is None else {"lr": cfg.lr}
-        optimizer = P.inner_optimizer_factory(self.preset, **lr)
+        optimizer = P.inner_optimizer_factory(self._optimizer_preset(), **self._optimizer_overrides())
+        self.lr = optimizer.keywords["lr"]
         batch_size = self.setting("batch_size")
         self.pooled = PooledBatchPlanner(len(self.train_set), batch_size, cfg.seed)
         if cfg.algorithm == "fish":
@@ -244,6 +282,23 @@ class Run:
             self.learner = ERM(self.model, optimizer, loss_fn=self.loss_fn)
         self.epochs = self.setting("epochs")
         self.eval_every = self.setting("eval_every") or 0
+
+    def _optimizer_preset(self) -> "P.Preset":
+        """The preset, with its optimizer swapped if ``--optimizer`` names another one."""
+        name = self.cfg.optimizer
+        if name is None or name == self.preset.inner_optimizer:
+            return self.preset
+        kwargs = {k: self.preset.optimizer_kwargs[k] for k in ("lr", "weight_decay")}
+        return dataclasses.replace(self.preset, inner_optimizer=name, optimizer_kwargs=kwargs)
+
+    def _optimizer_overrides(self) -> dict:
+        overrides = {} if self.cfg.lr is None else {"lr": self.cfg.lr}
+        if self._optimizer_preset().inner_optimizer == "sgd":
+            default = self._optimizer_preset().optimizer_kwargs.get("momentum", 0.0)
+            overrides["momentum"] = default if self.cfg.momentum is None else self.cfg.momentum
+        elif self.cfg.momentum is not None:
+            raise ValueError("--momentum applies to --optimizer sgd only")
+        return overrides
 
     def _model(self, num_outputs: int):
         if self.cfg.dataset == "cdsprites":
@@ -273,49 +328,64 @@ class Run:
         position = self._restore() if self.resume else self._start()
         phase, epoch, pos, step = position["phase"], position["epoch"], position["pos"], position["step"]
         self.best = position["best"]
-        self._last_eval_step = None
+        self._last_eval_step = position.get("last_eval_step")
+        self._saved_step = position["step"] if self.resume else None
         total = self._total_steps()
         bar = _progress(total, step, self.cfg.progress, f"{self.cfg.algorithm} {self.cfg.dataset}")
         self._log_file = open(self.out / "log.jsonl", "a")
         try:
-            while not self._finished(phase, epoch, step):
-                plan = self._phase_planner(phase).plan(epoch)
-                steps = plan[pos:]
-                if self.cfg.max_steps is not None:
-                    steps = steps[:self.cfg.max_steps - step]
-                if phase == "warmup":
-                    steps = steps[:self.learner.erm_warmup_steps - step]
-                for indices, batch in zip(steps, self._loader(steps)):
-                    t0 = time.perf_counter()
-                    batch = _to_device(batch, self.device)
-                    sizes = [len(i) for i in indices]
-                    batches = _split_batch(batch, sizes) if len(sizes) > 1 else [batch]
-                    track = self.cfg.gip_every > 0 and step % self.cfg.gip_every == 0 and len(sizes) > 1
-                    stats = self.learner.step(batches, track_gip=track)
-                    step, pos = step + 1, pos + 1
-                    if step % self.cfg.log_every == 0 or "gip" in stats:
-                        self._log({"kind": "train", "step": step, "epoch": epoch,
-                                   "sec_per_step": time.perf_counter() - t0, **stats, "phase": phase})
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{stats['loss']:.3f}", best=self._best_str(), refresh=False)
-                    if self.eval_every and step % self.eval_every == 0:
+            with _DeferredInterrupt() as interrupt:
+                while not self._finished(phase, epoch, step):
+                    plan = self._phase_planner(phase).plan(epoch)
+                    steps = plan[pos:]
+                    if self.cfg.max_steps is not None:
+                        steps = steps[:self.cfg.max_steps - step]
+                    if phase == "warmup":
+                        steps = steps[:self.learner.erm_warmup_steps - step]
+                    for indices, batch in zip(steps, self._loader(steps)):
+                        t0 = time.perf_counter()
+                        batch = _to_device(batch, self.device)
+                        sizes = [len(i) for i in indices]
+                        batches = _split_batch(batch, sizes) if len(sizes) > 1 else [batch]
+                        track = self.cfg.gip_every > 0 and step % self.cfg.gip_every == 0 and len(sizes) > 1
+                        stats = self.learner.step(batches, track_gip=track)
+                        step, pos = step + 1, pos + 1
+                        if step % self.cfg.log_every == 0 or "gip" in stats:
+                            self._log({"kind": "train", "step": step, "epoch": epoch,
+                                       "sec_per_step": time.perf_counter() - t0, **stats, "phase": phase})
+                        bar.update(1)
+                        bar.set_postfix(loss=f"{stats['loss']:.3f}", best=self._best_str(), refresh=False)
+                        if self.eval_every and step % self.eval_every == 0:
+                            self._evaluate(step, epoch)
+                        if step % self.cfg.checkpoint_every == 0:
+                            self._save(phase, epoch, pos, step)
+                        self._stop_if_interrupted(interrupt, phase, epoch, pos, step)
+                    phase, epoch, pos = self._advance(phase, epoch, pos, step, len(plan))
+                    if pos == 0:  # an epoch (or the warm-up) ended
                         self._evaluate(step, epoch)
-                    if step % self.cfg.checkpoint_every == 0:
                         self._save(phase, epoch, pos, step)
-                phase, epoch, pos = self._advance(phase, epoch, pos, step, len(plan))
-                if pos == 0:  # an epoch (or the warm-up) ended
-                    self._evaluate(step, epoch)
-                    self._save(phase, epoch, pos, step)
-            self._evaluate(step, epoch)
-            self._save(phase, epoch, pos, step)
-        except KeyboardInterrupt:
-            self._save(phase, epoch, pos, step)
+                        self._stop_if_interrupted(interrupt, phase, epoch, pos, step)
+                self._evaluate(step, epoch)
+                self._save(phase, epoch, pos, step)
+                self._stop_if_interrupted(interrupt, phase, epoch, pos, step)
+        except RunInterrupted:
             bar.write(f"interrupted at step {step}; checkpoint saved, continue with --resume")
+            raise
+        except KeyboardInterrupt:
+            # A second Ctrl-C, mid-step: the state in memory may be half-updated; keep the last checkpoint.
+            kept = ("no checkpoint was written yet" if self._saved_step is None else
+                    f"the checkpoint of step {self._saved_step} is kept, continue with --resume")
+            bar.write(f"interrupted during step {step + 1}; {kept}")
             raise
         finally:
             bar.close()
             self._log_file.close()
         return self._finish()
+
+    def _stop_if_interrupted(self, interrupt, phase, epoch, pos, step) -> None:
+        if interrupt.requested:
+            self._save(phase, epoch, pos, step)
+            raise RunInterrupted()
 
     def _finished(self, phase: str, epoch: int, step: int) -> bool:
         if self.cfg.max_steps is not None:
@@ -389,41 +459,52 @@ class Run:
     def _start(self) -> dict:
         with open(self.out / "config.json", "w") as f:
             json.dump(dataclasses.asdict(self.cfg), f, indent=2)
+        self._log_records = 0
         return {"phase": self._first_phase(), "epoch": 0, "pos": 0, "step": 0, "best": None}
 
     def _save(self, phase, epoch, pos, step) -> None:
         _atomic_save({"learner": self.learner.state_dict(), "phase": phase, "epoch": epoch,
-                      "pos": pos, "step": step, "best": self.best, "rng": _rng_state()},
+                      "pos": pos, "step": step, "best": self.best, "rng": _rng_state(),
+                      "last_eval_step": self._last_eval_step, "log_records": self._log_records},
                      self.out / "checkpoint.pt")
+        self._saved_step = step
 
     def _restore(self) -> dict:
-        path = self.out / "checkpoint.pt"
-        if not path.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint.pt in {self.out}; start a new run without --resume")
-        with open(self.out / "config.json") as f:
-            saved = json.load(f)
-        for key in ("dataset", "algorithm", "seed", "fold", "frac", "dataset_kwargs"):
-            if saved.get(key) != dataclasses.asdict(self.cfg)[key]:
-                raise ValueError(f"--resume: {key}={dataclasses.asdict(self.cfg)[key]!r} differs from "
-                                 f"the saved run's {saved.get(key)!r} ({self.out}/config.json)")
-        state = torch.load(path, map_location=self.device, weights_only=True)
+        state = torch.load(self.out / "checkpoint.pt", map_location=self.device, weights_only=True)
         self.learner.load_state_dict(state["learner"])
+        # Optimizer state dicts carry their lr: apply this invocation's (e.g. a lowered --lr).
+        for optimizer in self._optimizers(state["learner"]):
+            for group in optimizer.param_groups:
+                group["lr"] = self.lr
         _set_rng_state(state["rng"])
-        self._truncate_log(state["step"])
+        self._log_records = self._truncate_log(state["step"], state.get("log_records"))
         return state
 
-    def _truncate_log(self, step: int) -> None:
-        """Drop log records written after the checkpoint (they will be written again)."""
+    def _optimizers(self, learner_state: dict) -> list:
+        if isinstance(self.learner, ERM):
+            return [self.learner.optimizer]
+        extra = [self.learner.erm_optimizer] if learner_state.get("erm_optimizer") is not None else []
+        return [self.learner.inner_optimizer] + extra
+
+    def _truncate_log(self, step: int, records: Optional[int]) -> int:
+        """Drop log records written after the checkpoint (they will be written again): keep its
+        first ``records`` lines (older checkpoints: the records of steps up to ``step``).
+        Returns the number of records kept."""
         log = self.out / "log.jsonl"
         if not log.exists():
-            return
-        keep = [line for line in log.read_text().splitlines()
-                if line.strip() and json.loads(line)["step"] <= step]
+            return 0
+        lines = log.read_text().splitlines()
+        if records is not None:
+            keep = lines[:records]
+        else:
+            keep = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
         log.write_text("".join(line + "\n" for line in keep))
+        return len(keep)
 
     def _log(self, record: dict) -> None:
         self._log_file.write(json.dumps(record) + "\n")
         self._log_file.flush()
+        self._log_records += 1
 
     # ---- the end
     def _finish(self) -> dict:
@@ -445,6 +526,31 @@ class Run:
         with open(self.out / "summary.json", "w") as f:
             json.dump(summary, f, indent=2)
         return summary
+
+
+class _DeferredInterrupt:
+    """While active (main thread, default SIGINT handler): the first Ctrl-C only sets
+    ``requested``, so the run stops at a step boundary; a second one raises at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self):
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
 
 
 def _progress(total, initial, enabled, desc):

@@ -22,11 +22,14 @@ def _rng(seed: int, epoch: int, stream: int) -> np.random.Generator:
 class DomainBatchPlanner:
     """The official Fish epoch (fish:src/main.py:149-192, datasets.py ``reset_batch``).
 
-    Each epoch, every domain's indices are shuffled and cut into batches of ``batch_size``
-    (the last one may be shorter). Each step draws ``meta_steps`` distinct domains uniformly
-    among those with batches left and takes the next batch of each. The epoch ends when fewer
-    than ``meta_steps`` domains have batches left. (The official code keeps returning a domain's
-    last batch once it is down to one; here each batch is used once per epoch.)
+    Each epoch, every domain's indices are shuffled and cut into batches of ``batch_size``.
+    Each step draws ``meta_steps`` distinct domains uniformly among those with batches left and
+    takes the next batch of each. The epoch ends when fewer than ``meta_steps`` domains have
+    batches left. Two departures from the official code: a domain's last, incomplete batch is
+    filled up with other examples of the same domain drawn at random (the official code keeps
+    it short: with plain SGD a step on many short batches at once is a large noisy kick that
+    can diverge), and each batch is used once per epoch (the official code keeps returning a
+    domain's last batch once it is down to one).
     """
 
     stream = 1
@@ -41,8 +44,7 @@ class DomainBatchPlanner:
 
     def plan(self, epoch: int) -> Plan:
         rng = _rng(self.seed, epoch, self.stream)
-        queues = [np.array_split(rng.permutation(d), range(self.batch_size, len(d), self.batch_size))
-                  for d in self.domains]
+        queues = [list(self._batches(d, rng)) for d in self.domains]
         steps: Plan = []
         while True:
             alive = [i for i, q in enumerate(queues) if q]
@@ -50,6 +52,15 @@ class DomainBatchPlanner:
                 return steps
             chosen = rng.choice(alive, size=self.meta_steps, replace=False)
             steps.append([queues[i].pop(0) for i in chosen])
+
+    def _batches(self, domain: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """``(ceil(n / B), B)`` shuffled indices of one domain; the last row topped up at random."""
+        perm = rng.permutation(domain)
+        missing = -len(perm) % self.batch_size
+        if missing:
+            fill = rng.choice(domain, size=missing, replace=missing > len(domain))
+            perm = np.concatenate([perm, fill])
+        return perm.reshape(-1, self.batch_size)
 
 
 class PooledBatchPlanner:
