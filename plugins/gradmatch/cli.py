@@ -63,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--num-domains", type=int, default=15, help="N of CdSprites-N")
     demo.add_argument("--batch-size", type=int, default=32, help="examples per domain per Fish step")
     demo.add_argument("--meta-lr", type=float, default=0.5, help="Fish meta step eps")
-    demo.add_argument("--inner-lr", type=float, default=0.4,
+    demo.add_argument("--inner-lr", type=float, default=0.3,
                       help="Fish's inner SGD step alpha (ERM's SGD step is meta_lr * inner_lr)")
     demo.add_argument("--jobs", type=int, default=2, help="runs trained at once (processes)")
     demo.add_argument("--threads", type=int, default=1,

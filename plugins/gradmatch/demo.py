@@ -55,7 +55,7 @@ def run_config(out: Path, algorithm: str, seed: int, settings: dict, progress: b
 
 
 def run_demo(out: str, seeds: int = 3, steps: int = 450, num_domains: int = 15, batch_size: int = 32,
-             meta_lr: float = 0.5, inner_lr: float = 0.4, jobs: int = 1, progress: bool = True) -> dict:
+             meta_lr: float = 0.5, inner_lr: float = 0.3, jobs: int = 1, progress: bool = True) -> dict:
     """Train (or reuse) every run, then write ``summary.json``, ``demo.png``; returns the summary.
 
     ``jobs`` > 1 trains that many runs at once in worker processes (one torch thread each).
