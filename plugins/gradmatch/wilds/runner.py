@@ -477,7 +477,7 @@ class Run:
             for group in optimizer.param_groups:
                 group["lr"] = self.lr
         _set_rng_state(state["rng"])
-        self._log_records = self._truncate_log(state["step"], state.get("log_records"))
+        self._log_records = self._truncate_log(state["log_records"])
         return state
 
     def _optimizers(self, learner_state: dict) -> list:
@@ -486,18 +486,13 @@ class Run:
         extra = [self.learner.erm_optimizer] if learner_state.get("erm_optimizer") is not None else []
         return [self.learner.inner_optimizer] + extra
 
-    def _truncate_log(self, step: int, records: Optional[int]) -> int:
-        """Drop log records written after the checkpoint (they will be written again): keep its
-        first ``records`` lines (older checkpoints: the records of steps up to ``step``).
-        Returns the number of records kept."""
+    def _truncate_log(self, records: int) -> int:
+        """Keep the first ``records`` lines of the log, those the checkpoint covers (later ones
+        are written again by the resumed run). Returns the number of records kept."""
         log = self.out / "log.jsonl"
         if not log.exists():
             return 0
-        lines = log.read_text().splitlines()
-        if records is not None:
-            keep = lines[:records]
-        else:
-            keep = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
+        keep = log.read_text().splitlines()[:records]
         log.write_text("".join(line + "\n" for line in keep))
         return len(keep)
 
@@ -554,9 +549,9 @@ class _DeferredInterrupt:
 
 
 def _progress(total, initial, enabled, desc):
-    from tqdm.auto import tqdm
-
     import sys
+
+    from tqdm.auto import tqdm
 
     interactive = sys.stderr.isatty()
     return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, dynamic_ncols=True,
