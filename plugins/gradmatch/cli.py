@@ -1,4 +1,4 @@
-"""The ``gradmatch`` command: ``demo``, ``train``, ``evaluate`` and ``presets``."""
+"""The ``gradmatch`` command: ``demo``, ``train``, ``evaluate``, ``presets`` and ``domainbed``."""
 from __future__ import annotations
 
 import argparse
@@ -80,6 +80,18 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--allow-partial", action="store_true", help="score the replicates that are present")
 
     sub.add_parser("presets", help="print the official Fish hyperparameters per dataset")
+
+    db = sub.add_parser("domainbed", help="the DomainBed plugin: find or clone DomainBed, startup hook")
+    db_sub = db.add_subparsers(dest="domainbed_command", required=True)
+    db_sub.add_parser("where", help="print the DomainBed checkout the plugin finds ($DOMAINBED_DIR "
+                                    "or ~/.cache/gradmatch/upstream/DomainBed)")
+    clone = db_sub.add_parser("clone", help="git clone DomainBed at the pinned commit (needs network)")
+    clone.add_argument("--dest", help="default: ~/.cache/gradmatch/upstream/DomainBed")
+    for name, what in (("install-hook", "write the startup hook that registers FishFast and IDGM "
+                                        "whenever DomainBed is imported"),
+                       ("remove-hook", "delete the startup hook")):
+        hook = db_sub.add_parser(name, help=what)
+        hook.add_argument("--site-dir", help="default: this environment's site-packages")
     return parser
 
 
@@ -131,6 +143,30 @@ def _presets(args) -> None:
         print(f"{name:<14}" + "".join(f"{str(getattr(p, c)):<20}" for c in cols) + str(p.optimizer_kwargs["lr"]))
 
 
+def _domainbed(args) -> None:
+    """``gradmatch domainbed where|clone|install-hook|remove-hook``."""
+    from .domainbed import hook
+    from .domainbed.locate import ENV_VAR, default_dir, find_checkout
+
+    if args.domainbed_command == "where":
+        print(find_checkout())
+    elif args.domainbed_command == "clone":
+        from .domainbed.clone import clone_domainbed
+
+        print("cloning DomainBed (needs network) ...", file=sys.stderr)
+        root = clone_domainbed(args.dest)
+        print(f"cloned DomainBed into {root}")
+        if root != default_dir().resolve():
+            print(f"set {ENV_VAR}={root} so that the plugin finds it")
+    elif args.domainbed_command == "install-hook":
+        path = hook.install_hook(args.site_dir)
+        print(f"wrote {path}: interpreters of this environment now register FishFast and IDGM when "
+              "DomainBed is imported; undo with `gradmatch domainbed remove-hook`")
+    else:
+        path = hook.remove_hook(args.site_dir)
+        print(f"removed {path}" if path else "no startup hook was installed there")
+
+
 def _after_divergence(args) -> str:
     """What to do after a non-finite loss: resume from the kept checkpoint, if there is one."""
     if args.command != "train":
@@ -149,11 +185,13 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .losses import NonFiniteLossError
 
     try:
-        {"train": _train, "demo": _demo, "evaluate": _evaluate, "presets": _presets}[args.command](args)
+        commands = {"train": _train, "demo": _demo, "evaluate": _evaluate, "presets": _presets,
+                    "domainbed": _domainbed}
+        commands[args.command](args)
     except NonFiniteLossError as err:
         print(f"gradmatch: error: {err}. {_after_divergence(args)}", file=sys.stderr)
         return 1
-    except (FileExistsError, FileNotFoundError, ValueError, ImportError, KeyError) as err:
+    except (FileExistsError, FileNotFoundError, PermissionError, ValueError, ImportError, KeyError) as err:
         print(f"gradmatch: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

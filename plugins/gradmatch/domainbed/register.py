@@ -71,3 +71,7 @@ def register() -> None:
 
         _hparams.gradmatch_plugin = True
         hparams_registry._hparams = _hparams
+
+    from .launchers import register_launchers
+
+    register_launchers()
