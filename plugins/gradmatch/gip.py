@@ -48,19 +48,37 @@ def mean_pairwise_inner_product(grads: Sequence[torch.Tensor]) -> torch.Tensor:
 def gradient_inner_product(model: nn.Module, batches: Sequence[Any], loss_fn: LossFn) -> Dict[str, float]:
     """GIP at the current weights: ``gip`` (mean pairwise ``G_i . G_j``) and ``gip_cos`` (mean
     pairwise cosine similarity), one extra forward/backward per domain. Empty dict for one domain.
+
+    Streams over domains: besides one domain's gradient it keeps two running sums of size P
+    (``sum G_i`` and ``sum G_i / |G_i|``), whatever the number of domains.
     """
-    if len(batches) < 2:
+    s = len(batches)
+    if s < 2:
         return {}
+    params = trainable_parameters(model)
     # The extra forwards must not move BatchNorm running statistics.
     saved = [b.detach().clone() for b in model.buffers()]
+    total = unit_total = None
+    squares = unit_squares = 0.0
     try:
-        grads = [g.detach() for g in domain_losses_and_gradients(model, batches, loss_fn)[1]]
+        for i, batch in enumerate(batches):
+            loss = loss_fn(model, batch)
+            check_finite(loss, f"on domain batch {i}")
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            g = torch.cat([(gi if gi is not None else torch.zeros_like(p)).reshape(-1)
+                           for gi, p in zip(grads, params)])
+            squared = g.dot(g)
+            unit = g / squared.sqrt().clamp_min(1e-12)
+            squares = squares + squared
+            unit_squares = unit_squares + unit.dot(unit)
+            total = g if total is None else total.add_(g)
+            unit_total = unit if unit_total is None else unit_total.add_(unit)
     finally:
         with torch.no_grad():
             for b, v in zip(model.buffers(), saved):
                 b.copy_(v)
-    unit = [g / g.norm().clamp_min(1e-12) for g in grads]
+    pairs = s * (s - 1)
     return {
-        "gip": mean_pairwise_inner_product(grads).item(),
-        "gip_cos": mean_pairwise_inner_product(unit).item(),
+        "gip": ((total.dot(total) - squares) / pairs).item(),
+        "gip_cos": ((unit_total.dot(unit_total) - unit_squares) / pairs).item(),
     }
