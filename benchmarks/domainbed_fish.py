@@ -95,6 +95,7 @@ except ImportError:  # not installed: use the source tree
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from bench_env import cpu_model, load_average  # noqa: E402
 
 warnings.filterwarnings("ignore", message=r".*(pretrained|weight enum|weights).*")
 
@@ -544,24 +545,6 @@ def bench_model(model: str, args, db, device: torch.device) -> dict:
 
 
 # ---------------------------------------------------------------------------- reporting
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average():
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
 def environment(device: torch.device) -> dict:
     import torchvision
     from gradmatch.domainbed.locate import PINNED_COMMIT, ensure_importable

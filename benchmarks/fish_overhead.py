@@ -57,6 +57,7 @@ from typing import Callable, Dict, List, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from bench_env import cpu_model, load_average
 from torch import nn
 
 import gradmatch
@@ -389,24 +390,6 @@ def bench_model(name: str, args, device: torch.device) -> dict:
 
 
 # ---------------------------------------------------------------------------- reporting
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def load_average():
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
 def environment(device: torch.device) -> dict:
     import torchvision
     env = {
