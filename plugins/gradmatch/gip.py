@@ -1,7 +1,7 @@
 """Gradient inner product between domains (GIP), the quantity Fish implicitly maximises."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -12,6 +12,12 @@ from .losses import LossFn, check_finite
 def trainable_parameters(model: nn.Module) -> List[nn.Parameter]:
     """The parameters of ``model`` that require gradients, in ``model.parameters()`` order."""
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def flat_gradient(grads: Sequence[Optional[torch.Tensor]], params: Sequence[nn.Parameter]) -> torch.Tensor:
+    """Concatenate per-parameter gradients into one ``(P,)`` vector (zeros where unused)."""
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1)
+                      for g, p in zip(grads, params)])
 
 
 def domain_losses_and_gradients(
@@ -29,8 +35,7 @@ def domain_losses_and_gradients(
         loss = loss_fn(model, batch)
         check_finite(loss, f"on domain batch {i}")
         g = torch.autograd.grad(loss, params, create_graph=create_graph, allow_unused=True)
-        grads.append(torch.cat([(gi if gi is not None else torch.zeros_like(p)).reshape(-1)
-                                for gi, p in zip(g, params)]))
+        grads.append(flat_gradient(g, params))
         losses.append(loss)
     return losses, grads
 
@@ -64,9 +69,7 @@ def gradient_inner_product(model: nn.Module, batches: Sequence[Any], loss_fn: Lo
         for i, batch in enumerate(batches):
             loss = loss_fn(model, batch)
             check_finite(loss, f"on domain batch {i}")
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
-            g = torch.cat([(gi if gi is not None else torch.zeros_like(p)).reshape(-1)
-                           for gi, p in zip(grads, params)])
+            g = flat_gradient(torch.autograd.grad(loss, params, allow_unused=True), params)
             squared = g.dot(g)
             unit = g / squared.sqrt().clamp_min(1e-12)
             squares = squares + squared
