@@ -1,14 +1,28 @@
 """Empirical risk minimisation with the same learner interface as :class:`gradmatch.fish.Fish`."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
-from .fish import OptimizerFactory
 from .gip import gradient_inner_product
 from .losses import LossFn, check_finite, cross_entropy_loss
+
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
+
+
+def erm_update(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Sequence[Any],
+               loss_fn: LossFn, where: str) -> float:
+    """One optimizer step on the mean of the batches' losses; returns that mean loss.
+    ``where`` names the step in the error raised for a NaN or infinite loss."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = torch.stack([loss_fn(model, b) for b in batches]).mean()
+    check_finite(loss, where)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
 
 
 class ERM:
@@ -26,13 +40,9 @@ class ERM:
         if len(batches) == 0:
             raise ValueError("ERM.step needs at least one batch")
         stats = gradient_inner_product(self.model, batches, self.loss_fn) if track_gip else {}
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = torch.stack([self.loss_fn(self.model, b) for b in batches]).mean()
-        check_finite(loss, f"in ERM step {self.num_steps}")
-        loss.backward()
-        self.optimizer.step()
+        stats["loss"] = erm_update(self.model, self.optimizer, batches, self.loss_fn,
+                                   f"in ERM step {self.num_steps}")
         self.num_steps += 1
-        stats["loss"] = loss.item()
         return stats
 
     def state_dict(self) -> dict:

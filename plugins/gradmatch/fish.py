@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable, Iterable, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import torch
 from torch import nn
 
+from .erm import OptimizerFactory, erm_update
 from .losses import LossFn, check_finite, cross_entropy_loss
 from .gip import gradient_inner_product
 
-OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 STEP_SIZE_CONVENTIONS = ("domainbed", "official")
 BUFFER_MODES = ("interpolate", "copy")
@@ -190,13 +190,8 @@ class Fish:
 
     # ------------------------------------------------------------------ internals
     def _erm_step(self, batches: Sequence[Any]) -> float:
-        optimizer = self.erm_optimizer
-        optimizer.zero_grad(set_to_none=True)
-        loss = torch.stack([self.loss_fn(self.model, b) for b in batches]).mean()
-        check_finite(loss, f"in ERM warm-up step {self.num_steps}")
-        loss.backward()
-        optimizer.step()
-        return loss.item()
+        return erm_update(self.model, self.erm_optimizer, batches, self.loss_fn,
+                          f"in ERM warm-up step {self.num_steps}")
 
     def _fish_step(self, batches: Sequence[Any]) -> float:
         self._sync_inner_device()

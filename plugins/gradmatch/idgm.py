@@ -11,7 +11,7 @@ from typing import Any, Sequence, Tuple
 import torch
 from torch import nn
 
-from .fish import OptimizerFactory
+from .erm import OptimizerFactory
 from .gip import domain_losses_and_gradients, mean_pairwise_inner_product
 from .losses import LossFn, cross_entropy_loss
 
