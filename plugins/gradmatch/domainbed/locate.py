@@ -1,10 +1,9 @@
 """Find a DomainBed checkout (DomainBed has no setup.py: users clone it) and make it importable."""
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 from pathlib import Path
+
+from ..upstream import UpstreamRepo
 
 ENV_VAR = "DOMAINBED_DIR"
 REPO_URL = "https://github.com/facebookresearch/DomainBed"
@@ -15,39 +14,24 @@ class DomainBedNotFound(ImportError):
     """No DomainBed checkout where the plugin looks for one."""
 
 
+DOMAINBED = UpstreamRepo(
+    name="DomainBed", env_var=ENV_VAR, repo_url=REPO_URL, commit=PINNED_COMMIT,
+    marker="domainbed/algorithms.py", package="domainbed", not_found=DomainBedNotFound,
+    install_hint="DomainBed also needs `pip install -e '.[domainbed]'` (timm, backpack-for-pytorch, ...).",
+    clone_command="gradmatch domainbed clone")
+
+
 def default_dir() -> Path:
     """``~/.cache/gradmatch/upstream/DomainBed`` (``$XDG_CACHE_HOME`` replaces ``~/.cache``)."""
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    return cache / "gradmatch" / "upstream" / "DomainBed"
-
-
-def _is_checkout(path: Path) -> bool:
-    return (path / "domainbed" / "algorithms.py").is_file()
+    return DOMAINBED.default_dir()
 
 
 def find_checkout() -> Path:
     """The checkout root: ``$DOMAINBED_DIR`` if set, else :func:`default_dir`."""
-    configured = os.environ.get(ENV_VAR)
-    candidate = Path(configured).expanduser() if configured else default_dir()
-    if _is_checkout(candidate):
-        return candidate.resolve()
-    where = f"${ENV_VAR}={configured}" if configured else f"{candidate} (${ENV_VAR} is not set)"
-    raise DomainBedNotFound(
-        f"no DomainBed checkout at {where}: expected domainbed/algorithms.py there. Get one with "
-        f"`gradmatch domainbed clone` (needs network; pins {PINNED_COMMIT[:7]}) or "
-        f"`git clone {REPO_URL} {default_dir()}`, or point ${ENV_VAR} at your checkout. DomainBed "
-        "also needs `pip install -e '.[domainbed]'` (timm, backpack-for-pytorch, ...).")
+    return DOMAINBED.find_checkout()
 
 
 def ensure_importable() -> Path:
     """Put the checkout on ``sys.path`` and on ``PYTHONPATH`` (for the jobs a sweep launches);
     returns its root. An already importable ``domainbed`` is used as it is."""
-    spec = importlib.util.find_spec("domainbed")
-    if spec is not None and spec.origin:
-        return Path(spec.origin).resolve().parent.parent
-    root = str(find_checkout())
-    sys.path.insert(0, root)
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if root not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([root] + paths)
-    return Path(root)
+    return DOMAINBED.ensure_importable()
