@@ -1,0 +1,625 @@
+#!/usr/bin/env python
+"""Time per ADIOS training step: batched masked views vs the official computation order.
+
+Rerun from the repository root (default settings: CPU, 1 thread, 64 px, batch 32, N = 4 and 6,
+2 warm-up + 5 timed steps per mode, then 4 peak-memory subprocesses)::
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/adios_step.py
+
+Other examples::
+
+    .venv/bin/python benchmarks/adios_step.py --quick                  # 1 warm-up + 3 timed, ~half the time
+    .venv/bin/python benchmarks/adios_step.py --image-sizes 64 96      # also 96 px crops
+    .venv/bin/python benchmarks/adios_step.py --no-memory              # timing only
+    python benchmarks/adios_step.py --device cuda --threads 8 --repeats 20 --out /tmp/adios_gpu
+
+One ADIOS training step (written below in :func:`encoder_step`, :func:`masker_step`), with
+``adios_ssl.objective.adios_ssl_loss`` doing the N masked views:
+
+1. encoder step: ``masks = masker(x2)`` under ``no_grad``; ``loss = sum_k L(f(x1), f(x2 * (1 - m_k)))``;
+   backward; SGD step on encoder + projector.
+2. masker step: encoder/projector frozen (``requires_grad=False``, restored afterwards);
+   ``masks = masker(x2)`` with grad; the same SSL sum (``grad_through_views=False``);
+   ``objective = masker_objective(ssl, masks, alpha_sparsity=1)``; ``(-objective).backward()``;
+   SGD step on the masker.
+
+Two modes, on copies of the same initial weights and the same batch:
+
+``looped``
+    ``batched=False``: the official code's order -- for every mask k the original view x1 is
+    encoded again and the masked view is encoded alone (2N encoder passes of B images).
+``batched``
+    ``batched=True`` (this package): x1 encoded once, the N masked views in one pass of N*B
+    images with per-view BatchNorm statistics (N + 1 passes' worth of images).
+
+Before timing, the first step of each mode (untimed) must give the same SSL losses (relative
+difference <= 1e-4), else the script stops without reporting. Then the two modes run
+alternately (looped-batched, batched-looped, ...) for ``--repeats`` steps each; reported are the
+median s/step (and of each of the two sub-steps), ``ratio = median(looped) / median(batched)``
+and the median of the per-repetition paired ratios. Peak memory: each mode runs
+``--memory-steps`` steps in a fresh subprocess of this script; on CPU the figure is the peak RSS
+(``VmHWM``, reset through ``/proc/self/clear_refs`` after the models, optimizers and batch are
+built) minus the RSS at that moment; on CUDA ``torch.cuda.max_memory_allocated`` minus the memory
+allocated at that moment.
+
+Writes ``<out>/adios_step.{json,csv,png}`` (``--out`` defaults to ``benchmarks/results``).
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _early_threads(argv) -> str:
+    """``--threads`` before torch is imported, so OpenMP/MKL pools start at that size."""
+    for i, a in enumerate(argv):
+        if a == "--threads" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--threads="):
+            return a.split("=", 1)[1]
+    return "1"
+
+
+for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, _early_threads(sys.argv[1:]))
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import copy  # noqa: E402
+import csv  # noqa: E402
+import datetime as _dt  # noqa: E402
+import gc  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import time  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from typing import Callable, Dict, List, Sequence  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+import torchvision  # noqa: E402
+from bench_env import cpu_model, load_average  # noqa: E402
+from torch import nn  # noqa: E402
+
+from adios_ssl.masker import MaskingNetwork  # noqa: E402
+from adios_ssl.objective import adios_ssl_loss, masker_objective  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_OUT = os.path.join(HERE, "results")
+MODES = ("looped", "batched")
+TARGET_SPEEDUP = 1.5
+CHECK_RTOL = 1e-4
+
+
+# ---------------------------------------------------------------------------- model and loss
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """SimCLR's NT-Xent loss of two batches of projections (B, D): each row's positive is the
+    same image in the other view, its negatives the 2B - 2 other rows."""
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    sim = (z @ z.t()) / temperature
+    n = z1.shape[0]
+    self_pairs = torch.eye(2 * n, dtype=torch.bool, device=z.device)
+    sim = sim.masked_fill(self_pairs, float("-inf"))
+    targets = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(sim, targets)
+
+
+@dataclass
+class Adios:
+    """ResNet-18 encoder + SimCLR projector + ADIOS masker, with their two SGD optimizers."""
+    encoder: nn.Module
+    projector: nn.Module
+    masker: nn.Module
+    enc_opt: torch.optim.Optimizer
+    mask_opt: torch.optim.Optimizer
+    temperature: float = 0.2
+    alpha_sparsity: float = 1.0
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.projector(self.encoder(x))
+
+    def pair_loss(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return nt_xent(a, b, self.temperature)
+
+
+def build_adios(img_size: int, num_masks: int, seed: int, device: torch.device,
+                lr: float) -> Adios:
+    torch.manual_seed(seed)
+    encoder = torchvision.models.resnet18(weights=None)
+    encoder.fc = nn.Identity()  # 512 features
+    projector = nn.Sequential(nn.Linear(512, 2048), nn.BatchNorm1d(2048), nn.ReLU(inplace=True),
+                              nn.Linear(2048, 128))
+    masker = MaskingNetwork(img_size, num_masks, fbase=32, norm="gn")
+    for m in (encoder, projector, masker):
+        m.to(device).train()
+    return attach_optimizers(encoder, projector, masker, lr)
+
+
+def attach_optimizers(encoder, projector, masker, lr: float) -> Adios:
+    enc_opt = torch.optim.SGD(list(encoder.parameters()) + list(projector.parameters()),
+                              lr=lr, momentum=0.9)
+    mask_opt = torch.optim.SGD(masker.parameters(), lr=lr, momentum=0.9)
+    return Adios(encoder, projector, masker, enc_opt, mask_opt)
+
+
+def clone_adios(a: Adios, lr: float) -> Adios:
+    """Same weights, fresh optimizers (no state has been built yet)."""
+    return attach_optimizers(copy.deepcopy(a.encoder), copy.deepcopy(a.projector),
+                             copy.deepcopy(a.masker), lr)
+
+
+# ---------------------------------------------------------------------------- one ADIOS step
+def encoder_step(m: Adios, x1: torch.Tensor, x2: torch.Tensor, batched: bool) -> torch.Tensor:
+    """Encoder + projector minimise the SSL loss of (x1, x2 masked by each of the N masks)."""
+    with torch.no_grad():
+        masks = m.masker(x2)
+    loss, _ = adios_ssl_loss(m.encode, m.pair_loss, (x1, x2), (None, masks),
+                             modules=[m.encoder, m.projector], batched=batched)
+    m.enc_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    m.enc_opt.step()
+    return loss.detach()
+
+
+def masker_step(m: Adios, x1: torch.Tensor, x2: torch.Tensor, batched: bool) -> torch.Tensor:
+    """The masker maximises the same SSL loss minus its sparsity penalty (encoder frozen)."""
+    frozen = [p for module in (m.encoder, m.projector) for p in module.parameters()]
+    flags = [p.requires_grad for p in frozen]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        masks = m.masker(x2)
+        ssl, _ = adios_ssl_loss(m.encode, m.pair_loss, (x1, x2), (None, masks),
+                                modules=[m.encoder, m.projector], batched=batched,
+                                grad_through_views=False)
+        objective = masker_objective(ssl, masks, alpha_sparsity=m.alpha_sparsity)
+        m.mask_opt.zero_grad(set_to_none=True)
+        (-objective).backward()
+        m.mask_opt.step()
+    finally:
+        for p, flag in zip(frozen, flags):
+            p.requires_grad_(flag)
+    return ssl.detach()
+
+
+def adios_step(m: Adios, x1: torch.Tensor, x2: torch.Tensor, batched: bool):
+    """One ADIOS training step: encoder step, then masker step. Returns both SSL losses."""
+    return encoder_step(m, x1, x2, batched), masker_step(m, x1, x2, batched)
+
+
+def make_batch(batch: int, img_size: int, seed: int, device: torch.device):
+    g = torch.Generator().manual_seed(seed)
+    x1 = torch.randn(batch, 3, img_size, img_size, generator=g)
+    x2 = torch.randn(batch, 3, img_size, img_size, generator=g)
+    return x1.to(device), x2.to(device)
+
+
+# ---------------------------------------------------------------------------- timing
+def make_sync(device: torch.device) -> Callable[[], None]:
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    return lambda: None
+
+
+def timed_step(m: Adios, x1, x2, batched: bool, sync: Callable) -> Dict[str, float]:
+    """One step, its two halves timed separately (synchronised on CUDA)."""
+    sync()
+    t0 = time.perf_counter()
+    encoder_step(m, x1, x2, batched)
+    sync()
+    t1 = time.perf_counter()
+    masker_step(m, x1, x2, batched)
+    sync()
+    t2 = time.perf_counter()
+    return {"total_s": t2 - t0, "encoder_s": t1 - t0, "masker_s": t2 - t1}
+
+
+def summarize(samples_s: Sequence[float]) -> Dict[str, float]:
+    s = np.asarray(samples_s, dtype=np.float64)
+    q25, med, q75 = np.percentile(s, [25, 50, 75])
+    return {"median_s": float(med), "q25_s": float(q25), "q75_s": float(q75),
+            "iqr_s": float(q75 - q25), "min_s": float(s.min()), "n": int(s.size)}
+
+
+@contextlib.contextmanager
+def full_fp32():
+    """TF32 off for convolutions and matmuls (CUDA only; a no-op on the CPU), restored after."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = float(a), float(b)
+    return abs(a - b) / max(abs(a), abs(b), 1e-12)
+
+
+def bench_config(img_size: int, n: int, args, device: torch.device) -> dict:
+    sync = make_sync(device)
+    t_start = time.perf_counter()
+    base = build_adios(img_size, n, args.seed, device, args.lr)
+    runners = {mode: clone_adios(base, args.lr) for mode in MODES}
+    del base
+    x1, x2 = make_batch(args.batch, img_size, args.seed + 1, device)
+    label = f"{img_size}px N={n}"
+    print(f"[{label}] batch {args.batch}: 1 check step + {args.warmup - 1} warm-up + "
+          f"{args.repeats} timed steps per mode ...", flush=True)
+
+    # First step of each mode, untimed: the two computation orders must give the same losses.
+    # On CUDA in full fp32 (TF32 off), so that the check sees the orders, not TF32 rounding.
+    with full_fp32():
+        first = {mode: adios_step(runners[mode], x1, x2, mode == "batched") for mode in MODES}
+    check = {
+        "encoder_step_ssl_loss": {mode: float(first[mode][0]) for mode in MODES},
+        "masker_step_ssl_loss": {mode: float(first[mode][1]) for mode in MODES},
+        # Same weights and batch: only summation order differs.
+        "encoder_step_rel_diff": rel_diff(first["looped"][0], first["batched"][0]),
+        # After one SGD step on each copy: the weights differ by the float noise of that step.
+        "masker_step_rel_diff": rel_diff(first["looped"][1], first["batched"][1]),
+    }
+    check["ok"] = bool(check["encoder_step_rel_diff"] <= CHECK_RTOL
+                       and check["masker_step_rel_diff"] <= CHECK_RTOL)
+    print(f"[{label}] first-step SSL loss, looped vs batched: encoder step "
+          f"{check['encoder_step_ssl_loss']['looped']:.6f} vs "
+          f"{check['encoder_step_ssl_loss']['batched']:.6f} (rel diff "
+          f"{check['encoder_step_rel_diff']:.1e}); masker step rel diff "
+          f"{check['masker_step_rel_diff']:.1e}", flush=True)
+    if not check["ok"]:
+        return {"image_size": img_size, "num_masks": n, "check": check}
+
+    warm = {mode: [] for mode in MODES}
+    for i in range(args.warmup - 1):
+        for mode in (MODES if i % 2 == 0 else MODES[::-1]):
+            warm[mode].append(timed_step(runners[mode], x1, x2, mode == "batched", sync)["total_s"])
+    gc.collect()
+    raw = {mode: {"total_s": [], "encoder_s": [], "masker_s": []} for mode in MODES}
+    for i in range(args.repeats):
+        for mode in (MODES if i % 2 == 0 else MODES[::-1]):
+            t = timed_step(runners[mode], x1, x2, mode == "batched", sync)
+            for k, v in t.items():
+                raw[mode][k].append(v)
+    steps = {}
+    for mode in MODES:
+        steps[mode] = summarize(raw[mode]["total_s"])
+        steps[mode]["encoder_median_s"] = float(np.median(raw[mode]["encoder_s"]))
+        steps[mode]["masker_median_s"] = float(np.median(raw[mode]["masker_s"]))
+    lo, ba = steps["looped"], steps["batched"]
+    paired = np.asarray(raw["looped"]["total_s"]) / np.asarray(raw["batched"]["total_s"])
+    ratios = {
+        "speedup": lo["median_s"] / ba["median_s"],
+        "speedup_paired_median": float(np.median(paired)),
+        "speedup_paired_min": float(paired.min()), "speedup_paired_max": float(paired.max()),
+        "encoder_step_speedup": lo["encoder_median_s"] / ba["encoder_median_s"],
+        "masker_step_speedup": lo["masker_median_s"] / ba["masker_median_s"],
+    }
+    ratios["meets_target"] = bool(ratios["speedup"] >= TARGET_SPEEDUP)
+    print(f"[{label}] looped {lo['median_s']:.3f} s/step, batched {ba['median_s']:.3f} s/step: "
+          f"x{ratios['speedup']:.2f} (paired median x{ratios['speedup_paired_median']:.2f}) "
+          f"[{time.perf_counter() - t_start:.0f} s]", flush=True)
+    return {"image_size": img_size, "num_masks": n, "batch": args.batch, "check": check,
+            "steps": steps, "ratios": ratios,
+            "raw": {mode: {k: [round(x, 6) for x in v] for k, v in raw[mode].items()}
+                    for mode in MODES},
+            "warmup_total_s": {mode: [round(x, 6) for x in v] for mode, v in warm.items()},
+            "seconds": time.perf_counter() - t_start}
+
+
+# ---------------------------------------------------------------------------- peak memory
+def _proc_status_mb(field: str) -> float:
+    """``VmRSS`` / ``VmHWM`` of this process from ``/proc/self/status``, in MiB (NaN if unknown)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 2 ** 10
+    except (OSError, ValueError, IndexError):
+        pass
+    return float("nan")
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak RSS mark (VmHWM) to its current RSS (Linux >= 4.0)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _maxrss_mb() -> float:
+    m = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return m / 2 ** 20 if sys.platform == "darwin" else m / 2 ** 10
+
+
+def _peak_mb() -> float:
+    hwm = _proc_status_mb("VmHWM")
+    return hwm if hwm == hwm else _maxrss_mb()
+
+
+def memory_child(args) -> int:
+    """In a fresh process: build one mode's models and batch, run ``--memory-steps`` steps, print
+    the peak. ``ru_maxrss`` is recorded but not used for the delta: on Linux it keeps the peak of
+    the process image before ``exec`` (the forked parent's RSS)."""
+    mode = args.measure_peak
+    device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    m = build_adios(args.peak_size, args.peak_n, args.seed, device, args.lr)
+    x1, x2 = make_batch(args.batch, args.peak_size, args.seed + 1, device)
+    gc.collect()
+    out = {"mode": mode, "image_size": args.peak_size, "num_masks": args.peak_n,
+           "steps": args.memory_steps, "ru_maxrss_before_mb": _maxrss_mb()}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base_alloc = torch.cuda.memory_allocated(device)
+    out["hwm_reset"] = _reset_peak_rss()
+    base = _proc_status_mb("VmRSS") if out["hwm_reset"] else _peak_mb()
+    out["baseline_mb"] = base
+    out["peak_after_step_mb"] = []
+    for _ in range(args.memory_steps):
+        adios_step(m, x1, x2, mode == "batched")
+        out["peak_after_step_mb"].append(_peak_mb() - base)
+    out["ru_maxrss_end_mb"] = _maxrss_mb()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        out["peak_mb"] = (torch.cuda.max_memory_allocated(device) - base_alloc) / 2 ** 20
+        out["memory_metric"] = "torch.cuda.max_memory_allocated - allocated after build"
+    else:
+        out["peak_mb"] = out["peak_after_step_mb"][-1]
+        out["memory_metric"] = ("peak RSS (VmHWM, reset after build) - RSS after build"
+                                if out["hwm_reset"] else "VmHWM(end) - VmHWM(after build)")
+    print("MEMORY_JSON " + json.dumps(out), flush=True)
+    return 0
+
+
+def run_memory(mode: str, img_size: int, n: int, args) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--measure-peak", mode,
+           "--peak-size", str(img_size), "--peak-n", str(n), "--batch", str(args.batch),
+           "--memory-steps", str(args.memory_steps), "--threads", str(args.threads),
+           "--device", args.device, "--seed", str(args.seed), "--lr", str(args.lr)]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.memory_timeout)
+    for line in proc.stdout.splitlines()[::-1]:
+        if line.startswith("MEMORY_JSON "):
+            res = json.loads(line[len("MEMORY_JSON "):])
+            res["seconds"] = time.perf_counter() - t0
+            return res
+    return {"mode": mode, "image_size": img_size, "num_masks": n, "peak_mb": float("nan"),
+            "error": f"rc {proc.returncode}: "
+                     + (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+
+
+# ---------------------------------------------------------------------------- reporting
+def environment(device: torch.device) -> dict:
+    env = {
+        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "python": sys.version.split()[0], "platform": platform.platform(),
+        "torch": torch.__version__, "torchvision": torchvision.__version__,
+        "numpy": np.__version__, "device": str(device), "cpu_model": cpu_model(),
+        "cpu_count": os.cpu_count(), "torch_num_threads": torch.get_num_threads(),
+        "torch_num_interop_threads": torch.get_num_interop_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_at_start": load_average(),
+    }
+    if device.type == "cuda":
+        env["cuda_device"] = torch.cuda.get_device_name(device)
+        env["cuda_version"] = torch.version.cuda
+    return env
+
+
+def format_table(results: List[dict]) -> str:
+    head = (f"{'size':>4} {'N':>2}  {'mode':<8} {'s/step':>7} {'IQR s':>6} {'enc s':>6} "
+            f"{'mask s':>6}  {'speed-up':>8} {'paired':>6}  {'peak MB':>8}")
+    lines = [head, "-" * len(head)]
+    for r in results:
+        for mode in MODES:
+            s = r["steps"][mode]
+            mem = r.get("memory", {}).get(mode, {}).get("peak_mb", float("nan"))
+            if mode == "batched":
+                ratio = f"x{r['ratios']['speedup']:.2f}"
+                paired = f"x{r['ratios']['speedup_paired_median']:.2f}"
+            else:
+                ratio = paired = "1"
+            lines.append(f"{r['image_size']:>4} {r['num_masks']:>2}  {mode:<8} "
+                         f"{s['median_s']:>7.3f} {s['iqr_s']:>6.3f} {s['encoder_median_s']:>6.3f} "
+                         f"{s['masker_median_s']:>6.3f}  {ratio:>8} {paired:>6}  {mem:>8.0f}")
+        rt = r["ratios"]
+        mem = r.get("memory", {})
+        peak_ratio = (mem["batched"]["peak_mb"] / mem["looped"]["peak_mb"]
+                      if mem and mem["looped"]["peak_mb"] else float("nan"))
+        verdict = "meets" if rt["meets_target"] else "BELOW"
+        lines.append(f"{'':>9} speed-up x{rt['speedup']:.2f} ({verdict} the x{TARGET_SPEEDUP} "
+                     f"target; encoder step x{rt['encoder_step_speedup']:.2f}, masker step "
+                     f"x{rt['masker_step_speedup']:.2f}); peak memory batched/looped "
+                     f"{peak_ratio:.2f}")
+    return "\n".join(lines)
+
+
+def write_csv(path: str, results: List[dict]) -> None:
+    cols = ["image_size", "num_masks", "batch", "mode", "median_s", "q25_s", "q75_s", "iqr_s",
+            "min_s", "n", "encoder_median_s", "masker_median_s", "speedup",
+            "speedup_paired_median", "encoder_step_speedup", "masker_step_speedup", "peak_mb"]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        for r in results:
+            for mode in MODES:
+                row = {"image_size": r["image_size"], "num_masks": r["num_masks"],
+                       "batch": r["batch"], "mode": mode, **r["steps"][mode],
+                       "peak_mb": r.get("memory", {}).get(mode, {}).get("peak_mb", "")}
+                if mode == "batched":
+                    row.update({k: v for k, v in r["ratios"].items() if k != "meets_target"})
+                w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
+
+
+def plot(path: str, results: List[dict], env: dict, args) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"looped": "#d62728", "batched": "#1f77b4"}
+    has_mem = any("memory" in r for r in results)
+    fig, axes = plt.subplots(1, 2 if has_mem else 1, figsize=(11 if has_mem else 6.5, 4.8),
+                             squeeze=False)
+    ax = axes[0][0]
+    labels = [f"{r['image_size']}px\nN={r['num_masks']}" for r in results]
+    x = np.arange(len(results))
+    w = 0.38
+    top = max(r["steps"][m]["q75_s"] for r in results for m in MODES)
+    for j, mode in enumerate(MODES):
+        st = [r["steps"][mode] for r in results]
+        ax.bar(x + (j - 0.5) * w, [s["median_s"] for s in st], w,
+               yerr=[[s["median_s"] - s["q25_s"] for s in st], [s["q75_s"] - s["median_s"] for s in st]],
+               capsize=3, color=colors[mode], edgecolor="black", linewidth=0.6,
+               label={"looped": "looped (official order)", "batched": "batched (adios_ssl)"}[mode])
+        for xi, s in zip(x, st):
+            ax.text(xi + (j - 0.5) * w, s["q75_s"] + 0.01 * top, f"{s['median_s']:.2f}",
+                    ha="center", va="bottom", fontsize=8)
+    for xi, r in zip(x, results):
+        ax.text(xi, max(r["steps"][m]["q75_s"] for m in MODES) + 0.09 * top,
+                f"x{r['ratios']['speedup']:.2f}", ha="center", va="bottom", fontsize=11,
+                fontweight="bold")
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels)
+    ax.set_ylim(0, top * 1.3)
+    ax.set_ylabel("s per training step (median; bars = IQR)")
+    ax.set_title(f"time per ADIOS step, batch {args.batch} (speed-up in bold)", fontsize=10)
+    ax.legend(loc="upper left", fontsize=8, frameon=False)
+    if has_mem:
+        ax = axes[0][1]
+        mtop = max(r["memory"][m]["peak_mb"] for r in results if "memory" in r for m in MODES)
+        for j, mode in enumerate(MODES):
+            vals = [r.get("memory", {}).get(mode, {}).get("peak_mb", np.nan) for r in results]
+            ax.bar(x + (j - 0.5) * w, vals, w, color=colors[mode], edgecolor="black",
+                   linewidth=0.6, label=mode)
+            for xi, v in zip(x, vals):
+                ax.text(xi + (j - 0.5) * w, v + 0.01 * mtop, f"{v:.0f}", ha="center",
+                        va="bottom", fontsize=8)
+        ax.set_xticks(x)
+        ax.set_xticklabels(labels)
+        ax.set_ylim(0, mtop * 1.2)
+        ax.set_ylabel("peak memory above the built models, MiB")
+        ax.set_title("peak memory (" + ("CUDA allocated" if env["device"].startswith("cuda")
+                                        else "RSS") + f", {args.memory_steps} steps)", fontsize=10)
+        ax.legend(loc="upper left", fontsize=8, frameon=False)
+    hw = env.get("cuda_device") if env["device"].startswith("cuda") else env["cpu_model"]
+    fig.suptitle(f"ADIOS training step: batched masked views vs the official order (ResNet-18 + "
+                 f"SimCLR)\n{env['device']} ({hw}), {env['torch_num_threads']} thread(s), "
+                 f"torch {env['torch']}, {env['date'][:10]}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------- main
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--image-sizes", type=int, nargs="+", default=[64],
+                   help="square crop sizes (the masker supports 32..255; 64 and 96 were used)")
+    p.add_argument("--num-masks", type=int, nargs="+", default=[4, 6], help="N values")
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5, help="timed steps per mode")
+    p.add_argument("--warmup", type=int, default=2,
+                   help="untimed steps per mode first (the first is the equivalence check)")
+    p.add_argument("--quick", action="store_true", help="--repeats 3 --warmup 1")
+    p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (and OMP_NUM_THREADS)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
+    p.add_argument("--out", default=DEFAULT_OUT, help="folder for the json/csv/png")
+    p.add_argument("--lr", type=float, default=0.01, help="SGD (momentum 0.9) learning rate")
+    p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--memory-steps", type=int, default=2, help="steps per peak-memory subprocess")
+    p.add_argument("--memory-timeout", type=float, default=600.0)
+    p.add_argument("--seed", type=int, default=0)
+    # internal: one peak-memory measurement in a fresh process
+    p.add_argument("--measure-peak", choices=MODES, help=argparse.SUPPRESS)
+    p.add_argument("--peak-size", type=int, default=64, help=argparse.SUPPRESS)
+    p.add_argument("--peak-n", type=int, default=4, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.repeats, args.warmup = 3, 1
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.repeats < 1 or args.warmup < 1 or args.threads < 1:
+        raise SystemExit("need --repeats >= 1, --warmup >= 1 and --threads >= 1")
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for but torch.cuda.is_available() is False")
+    torch.set_num_threads(args.threads)
+    try:
+        torch.set_num_interop_threads(args.threads)
+    except RuntimeError:
+        pass
+    if args.measure_peak:
+        return memory_child(args)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    env = environment(device)
+    print(f"torch {env['torch']} on {env['device']} ({env['cpu_model']}), "
+          f"{env['torch_num_threads']} thread(s)", flush=True)
+
+    t0 = time.perf_counter()
+    results = []
+    for size in args.image_sizes:
+        for n in args.num_masks:
+            r = bench_config(size, n, args, device)
+            if not r["check"]["ok"]:
+                print(f"REFUSING TO REPORT: batched and looped SSL losses differ by more than "
+                      f"{CHECK_RTOL:g} relative at {size}px N={n}: {r['check']}", file=sys.stderr)
+                return 1
+            results.append(r)
+    t_timing = time.perf_counter() - t0
+    if not args.no_memory:
+        print(f"peak memory: {2 * len(results)} fresh subprocesses x {args.memory_steps} steps ...",
+              flush=True)
+        for r in results:
+            r["memory"] = {mode: run_memory(mode, r["image_size"], r["num_masks"], args)
+                           for mode in MODES}
+            for mode, rec in r["memory"].items():
+                if "error" in rec:
+                    print(f"  memory {r['image_size']}px N={r['num_masks']} {mode}: {rec['error']}",
+                          file=sys.stderr)
+    total_s = time.perf_counter() - t0
+    env["load_average_at_end"] = load_average()
+
+    table = format_table(results)
+    print()
+    print(table)
+    os.makedirs(args.out, exist_ok=True)
+    paths = {ext: os.path.join(args.out, f"adios_step.{ext}") for ext in ("json", "csv", "png")}
+    settings = {k: v for k, v in vars(args).items()
+                if k not in ("out", "measure_peak", "peak_size", "peak_n")}
+    settings.update(
+        model="torchvision resnet18(weights=None), fc=Identity (512) + projector "
+              "Linear(512,2048)-BN1d-ReLU-Linear(2048,128)",
+        pair_loss="SimCLR NT-Xent, temperature 0.2", masker="MaskingNetwork(img_size, N, fbase=32, norm='gn')",
+        optimizers="SGD(lr, momentum=0.9) for encoder+projector and for the masker",
+        alpha_sparsity=1.0, masked_views="second view only, pairs ('masked',)",
+        inputs="randn batches (x1, x2), the same every step",
+        interleaving="looped/batched alternating order per repetition",
+        check="first step of each mode untimed, SSL losses of both sub-steps compared "
+              "(on CUDA with TF32 off); timings use the backends' defaults",
+        target_speedup=TARGET_SPEEDUP, check_rtol=CHECK_RTOL)
+    with open(paths["json"], "w") as f:
+        json.dump({"benchmark": "adios_step", "environment": env, "settings": settings,
+                   "total_seconds": total_s, "timing_seconds": t_timing,
+                   "results": results, "table": table}, f, indent=2)
+    write_csv(paths["csv"], results)
+    plot(paths["png"], results, env, args)
+    print("wrote " + ", ".join(os.path.relpath(p) for p in paths.values())
+          + f"  (total {total_s:.0f} s, timing {t_timing:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
