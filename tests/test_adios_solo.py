@@ -1,0 +1,275 @@
+"""ADIOS through solo-learn's own, unmodified scripts (needs a solo-learn checkout).
+
+Every run is ``python <checkout>/main_pretrain.py --config-path pkg://adios_ssl.configs ...``
+(or ``main_linear.py``) in a subprocess, on a small image folder, on the CPU.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from adios_ssl.sololearn.locate import SoloLearnNotFound, find_checkout
+
+try:
+    CHECKOUT = find_checkout()
+    import lightning  # noqa: F401
+    import hydra  # noqa: F401
+except (SoloLearnNotFound, ImportError) as err:  # pragma: no cover - depends on the machine
+    pytest.skip(f"solo-learn plugin tests need a solo-learn checkout and the `solo` extra: {err}",
+                allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+
+METHODS = ["simclr", "byol", "simsiam", "barlow_twins", "vicreg"]
+CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, SIZE = 6, 12, 4, 64
+BATCH = 32  # base/cpu_data.yaml
+BATCHES_PER_EPOCH = CLASSES * TRAIN_PER_CLASS // BATCH  # drop_last=True
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    """6 classes of 64x64 PNGs: a coloured square (class colour) on noise."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for split, count in (("train", TRAIN_PER_CLASS), ("val", VAL_PER_CLASS)):
+        for c in range(CLASSES):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = (rng.random((SIZE, SIZE, 3)) * 60).astype(np.uint8)
+                y, x = rng.integers(4, 36, 2)
+                side = rng.integers(12, 26)
+                pixels[y:y + side, x:x + side] = (40 * c, 255 - 40 * c, 120)
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    return root
+
+
+def solo(script: str, config: str, *overrides: str, cwd: Path, timeout: int = 600,
+         background: bool = False):
+    command = [sys.executable, str(CHECKOUT / script), "--config-path", "pkg://adios_ssl.configs",
+               "--config-name", config, *overrides]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    if background:
+        return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    run = subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert run.returncode == 0, f"{script} failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
+    return run
+
+
+def pretrain_args(images: Path, out: Path, epochs: int = 1):
+    return (f"data.train_path={images / 'train'}", f"max_epochs={epochs}",
+            f"checkpoint.dir={out}", "data.num_workers=0", "++log_every_n_steps=1")
+
+
+def checkpoints(out: Path, method: str):
+    return sorted((out / method).glob("*/*.ckpt"), key=lambda p: p.stat().st_mtime)
+
+
+@pytest.fixture(scope="module")
+def pretrained(images, tmp_path_factory):
+    """One epoch of every ADIOS method; {method: (checkpoint, run folder, stdout)}."""
+    runs = {}
+    for method in METHODS:
+        out = tmp_path_factory.mktemp(method)
+        run = solo("main_pretrain.py", f"cpu_{method}_adios", *pretrain_args(images, out), cwd=out)
+        (ckpt,) = checkpoints(out, f"{method}_adios")
+        runs[method] = (ckpt, ckpt.parent, out)
+    return runs
+
+
+def logged(out: Path, column: str):
+    """Per-step values of one metric from the CSV log Lightning writes in the run's folder."""
+    import csv
+
+    (log,) = out.glob("lightning_logs/*/metrics.csv")
+    rows = list(csv.DictReader(log.open()))
+    return [(int(r["step"]), float(r[column])) for r in rows if r.get(column)]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_pretrain_writes_a_loadable_checkpoint_and_mask_pictures(pretrained, method):
+    ckpt, folder, _ = pretrained[method]
+    # torch>=2.6 default weights_only=True: no functools.partial / omegaconf objects inside
+    state = torch.load(ckpt, map_location="cpu")
+    weights = state["state_dict"]
+    assert any(k.startswith("backbone.") for k in weights)
+    assert any(k.startswith("masker.unet.") for k in weights) and "masker.head.weight" in weights
+    # two optimizers: the encoder's (from BaseMethod) and the masker's
+    assert len(state["optimizer_states"]) == 2 and len(state["lr_schedulers"]) == 2
+    masker_params = state["optimizer_states"][1]["param_groups"][0]["params"]
+    assert len(masker_params) == sum(1 for k in weights if k.startswith("masker."))
+    # one encoder and one masker step per batch; global_step counts both
+    assert int(weights["adios_batches"]) == BATCHES_PER_EPOCH
+    assert state["global_step"] == 2 * BATCHES_PER_EPOCH
+    args = json.loads((folder / "args.json").read_text())
+    assert args["method"] == f"{method}_adios" and args["method_kwargs"]["N"] == 4
+    picture = folder / "masks" / "masks-ep=0.png"
+    assert picture.is_file() and picture.stat().st_size > 10_000
+
+
+def test_masker_moved_and_masks_partition_the_image(pretrained):
+    """After an epoch the masker differs from its initialisation, and its masks (N=4) sum to 1."""
+    from adios_ssl import MaskingNetwork
+
+    ckpt, _, _ = pretrained["simclr"]
+    weights = torch.load(ckpt, map_location="cpu")["state_dict"]
+    masker = MaskingNetwork(64, 4, 16, "gn")
+    masker.load_state_dict({k[len("masker."):]: v for k, v in weights.items()
+                            if k.startswith("masker.")})
+    torch.manual_seed(0)
+    fresh = MaskingNetwork(64, 4, 16, "gn").state_dict()
+    assert any(not torch.equal(fresh[k], v) for k, v in masker.state_dict().items()
+               if k.endswith("weight"))
+    masks = masker(torch.randn(2, 3, 64, 64))
+    torch.testing.assert_close(masks.sum(1), torch.ones(2, 64, 64))
+
+
+@pytest.mark.parametrize("method", ["simsiam", "byol"])
+def test_main_linear_loads_every_backbone_key_and_trains(pretrained, images, tmp_path, method):
+    """solo-learn's main_linear.py reads the ADIOS checkpoint (SimSiam's static-lr predictor
+    and BYOL's momentum networks included): every backbone tensor is there, and the frozen
+    backbone in the linear checkpoint equals the pretrained one."""
+    ckpt, _, _ = pretrained[method]
+    sys.path.insert(0, str(CHECKOUT))
+    from solo.methods.base import BaseMethod
+
+    backbone = BaseMethod._BACKBONES["resnet18"](method="simclr")
+    backbone.fc = torch.nn.Identity()
+    pretrained_weights = torch.load(ckpt, map_location="cpu")["state_dict"]
+    provided = {k[len("backbone."):] for k in pretrained_weights if k.startswith("backbone.")}
+    assert set(backbone.state_dict()) - provided == set()
+
+    solo("main_linear.py", "cpu_linear", f"data.train_path={images / 'train'}",
+         f"data.val_path={images / 'val'}", "max_epochs=1", f"checkpoint.dir={tmp_path}",
+         "data.num_workers=0", f"pretrain_method={method}_adios",
+         f'pretrained_feature_extractor="{ckpt}"', cwd=tmp_path)
+    (linear_ckpt,) = (tmp_path / "linear").glob("*/*.ckpt")
+    linear = torch.load(linear_ckpt, map_location="cpu")["state_dict"]
+    params = dict(backbone.named_parameters())
+    for name in params:
+        torch.testing.assert_close(linear[f"backbone.{name}"], pretrained_weights[f"backbone.{name}"],
+                                   rtol=0, atol=0)
+    assert linear["classifier.weight"].shape == (CLASSES, 512)
+
+
+def test_interrupted_run_resumes_where_it_stopped(images, tmp_path):
+    """Kill a 3-epoch run after its first checkpoint; the same command resumes from it
+    (solo-learn's auto_resume) and the batch counter driving ADIOS' schedules continues."""
+    args = pretrain_args(images, tmp_path, epochs=3)
+    first = solo("main_pretrain.py", "cpu_byol_adios", *args, cwd=tmp_path, background=True)
+    deadline = time.time() + 300
+    try:
+        # the pictures callback runs after solo-learn's Checkpointer at epoch end
+        while not list(tmp_path.glob("byol_adios/*/masks/masks-ep=0.png")):
+            assert first.poll() is None, first.stdout.read()[-3000:]
+            assert time.time() < deadline, "no epoch-0 checkpoint within 300 s"
+            time.sleep(0.2)
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    (interrupted,) = checkpoints(tmp_path, "byol_adios")
+    assert torch.load(interrupted, map_location="cpu")["epoch"] == 0
+
+    second = solo("main_pretrain.py", "cpu_byol_adios", *args, cwd=tmp_path)
+    assert "Resuming from previous checkpoint" in second.stdout + second.stderr
+    final = torch.load(checkpoints(tmp_path, "byol_adios")[-1], map_location="cpu")
+    assert final["epoch"] == 2
+    assert int(final["state_dict"]["adios_batches"]) == 3 * BATCHES_PER_EPOCH
+    assert final["global_step"] == 2 * 3 * BATCHES_PER_EPOCH
+    # the resumed process trained epochs 1 and 2 only
+    metrics = sorted(tmp_path.glob("lightning_logs/*/metrics.csv"))[-1].read_text().splitlines()
+    header = metrics[0].split(",")
+    epochs = {int(float(row.split(",")[header.index("epoch")])) for row in metrics[1:]}
+    assert epochs == {1, 2}
+
+
+def test_gradient_accumulation_is_refused_with_a_clear_error(images, tmp_path):
+    command = [sys.executable, str(CHECKOUT / "main_pretrain.py"), "--config-path",
+               "pkg://adios_ssl.configs", "--config-name", "cpu_simclr_adios",
+               *pretrain_args(images, tmp_path), "accumulate_grad_batches=2"]
+    run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert run.returncode != 0
+    assert "accumulate_grad_batches=2" in run.stderr and "set accumulate_grad_batches: 1" in run.stderr
+
+
+def test_byol_tau_follows_batches_not_optimizer_steps(pretrained):
+    """BYOL's EMA momentum follows solo-learn's cosine schedule over *batches*: with two
+    optimizer steps per batch, trainer.global_step would reach the end of the schedule at half
+    the run. 1 epoch = 2 batches: tau is 0.99 on batch 0 and 1 - 0.01 * (cos(pi/2) + 1) / 2 =
+    0.995 on batch 1 (it would be 1.0 with global_step)."""
+    _, _, out = pretrained["byol"]
+    taus = [tau for _, tau in logged(out, "tau")]
+    expected = [0.99] + [1.0 - 0.01 * (math.cos(math.pi * k / BATCHES_PER_EPOCH) + 1) / 2
+                         for k in range(1, BATCHES_PER_EPOCH)]
+    assert taus == pytest.approx(expected, abs=1e-7)
+
+
+def build(config: str, images: Path, *overrides: str):
+    """A solo-learn model built as main_pretrain.py builds it (same config composition)."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    sys.path.insert(0, str(CHECKOUT))
+    from solo.args.pretrain import parse_cfg
+    from solo.methods import METHODS
+
+    from adios_ssl.sololearn.register import register
+
+    register()
+    with initialize_config_module("adios_ssl.configs", version_base="1.2"):
+        cfg = compose(config, overrides=[f"data.train_path={images / 'train'}", *overrides])
+    OmegaConf.set_struct(cfg, False)
+    cfg = parse_cfg(cfg)
+    return METHODS[cfg.method](cfg)
+
+
+@pytest.mark.parametrize("config,overrides", [
+    ("cpu_simclr_adios", ()),
+    ("cpu_byol_adios", ()),
+    ("cpu_simsiam_adios", ()),
+    ("cpu_vicreg_adios", ("+method_kwargs.single_mask=true",)),
+])
+def test_batched_masked_views_equal_the_official_loop_inside_solo_learn(images, config, overrides):
+    """The plugin's loss (original views encoded once, N masked views in one batch) equals the
+    official order (original re-encoded per mask, masked views one by one): value, per-mask
+    terms and encoder gradients, through each solo-learn method's own training_step."""
+    import copy
+
+    torch.manual_seed(0)
+    model = build(config, images, *overrides).double()
+    model._adios_mute = True  # no trainer to log to
+    x1, x2 = torch.randn(2, 8, 3, 64, 64, dtype=torch.float64)
+    batch = [torch.arange(8), [x1, x2], torch.arange(8) % CLASSES]
+    results = []
+    for batched in (True, False):
+        twin = copy.deepcopy(model)
+        twin.adios_batched = batched
+        torch.manual_seed(1)  # ADIOS-s draws its mask choice from the global generator
+        with torch.no_grad():
+            masks = twin._masks(x1, x2)
+        ssl, per_mask, class_loss = twin._ssl_loss(batch, masks, grad_through_views=True)
+        (ssl + class_loss).backward()
+        grads = {n: p.grad for n, p in twin.named_parameters() if p.grad is not None}
+        results.append((ssl.detach(), torch.stack(per_mask).detach(), grads))
+    (ssl_b, per_b, grads_b), (ssl_l, per_l, grads_l) = results
+    assert len(per_b) == (1 if overrides else 4)
+    torch.testing.assert_close(ssl_b, ssl_l, rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(per_b, per_l, rtol=1e-9, atol=1e-12)
+    assert grads_b.keys() == grads_l.keys() and any(k.startswith("backbone.") for k in grads_b)
+    assert not any(k.startswith("masker.") for k in grads_b)  # masks were detached
+    for name in grads_b:
+        torch.testing.assert_close(grads_b[name], grads_l[name], rtol=1e-7, atol=1e-10)
