@@ -204,9 +204,16 @@ def make_sync(device: torch.device) -> Callable[[], None]:
     return lambda: None
 
 
+def _rusage():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime, r.ru_stime, r.ru_minflt
+
+
 def timed_step(m: Adios, x1, x2, batched: bool, sync: Callable) -> Dict[str, float]:
-    """One step, its two halves timed separately (synchronised on CUDA)."""
+    """One step, its two halves timed separately (synchronised on CUDA), plus the process's
+    CPU time (user + system), system time and minor page faults over the whole step."""
     sync()
+    u0 = _rusage()
     t0 = time.perf_counter()
     encoder_step(m, x1, x2, batched)
     sync()
@@ -214,7 +221,36 @@ def timed_step(m: Adios, x1, x2, batched: bool, sync: Callable) -> Dict[str, flo
     masker_step(m, x1, x2, batched)
     sync()
     t2 = time.perf_counter()
-    return {"total_s": t2 - t0, "encoder_s": t1 - t0, "masker_s": t2 - t1}
+    u1 = _rusage()
+    return {"total_s": t2 - t0, "encoder_s": t1 - t0, "masker_s": t2 - t1,
+            "cpu_s": u1[0] - u0[0], "sys_s": u1[1] - u0[1], "minor_faults": u1[2] - u0[2]}
+
+
+def redundant_pieces(a: Adios, x1, sync: Callable, samples: int) -> Dict[str, float]:
+    """Median seconds of the two passes the looped order repeats for every extra mask: the
+    encoder step's forward + backward of x1 (weight gradients) and the masker step's no-grad
+    forward of x1, on copies of the encoder and projector."""
+    encoder, projector = copy.deepcopy(a.encoder), copy.deepcopy(a.projector)
+
+    def fwd_bwd():
+        projector(encoder(x1)).square().sum().backward()
+
+    def fwd_nograd():
+        with torch.no_grad():
+            projector(encoder(x1))
+
+    fns = {"x1_fwd_bwd_s": fwd_bwd, "x1_fwd_nograd_s": fwd_nograd}
+    out = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()
+    for i in range(samples):
+        for k, fn in (fns.items() if i % 2 == 0 else list(fns.items())[::-1]):
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            out[k].append(time.perf_counter() - t0)
+    return {k: float(np.median(v)) for k, v in out.items()}
 
 
 def summarize(samples_s: Sequence[float]) -> Dict[str, float]:
@@ -287,8 +323,10 @@ def bench_config(img_size: int, n: int, args, device: torch.device) -> dict:
     steps = {}
     for mode in MODES:
         steps[mode] = summarize(raw[mode]["total_s"])
-        steps[mode]["encoder_median_s"] = float(np.median(raw[mode]["encoder_s"]))
-        steps[mode]["masker_median_s"] = float(np.median(raw[mode]["masker_s"]))
+        for key, name in (("encoder_s", "encoder_median_s"), ("masker_s", "masker_median_s"),
+                          ("cpu_s", "cpu_median_s"), ("sys_s", "sys_median_s"),
+                          ("minor_faults", "minor_faults_median")):
+            steps[mode][name] = float(np.median(raw[mode][key]))
     lo, ba = steps["looped"], steps["batched"]
     paired = np.asarray(raw["looped"]["total_s"]) / np.asarray(raw["batched"]["total_s"])
     ratios = {
@@ -297,13 +335,23 @@ def bench_config(img_size: int, n: int, args, device: torch.device) -> dict:
         "speedup_paired_min": float(paired.min()), "speedup_paired_max": float(paired.max()),
         "encoder_step_speedup": lo["encoder_median_s"] / ba["encoder_median_s"],
         "masker_step_speedup": lo["masker_median_s"] / ba["masker_median_s"],
+        "cpu_time_speedup": lo["cpu_median_s"] / ba["cpu_median_s"],
     }
+    # What removing the repeated x1 passes alone can give: the looped step minus (N - 1) x
+    # (x1 forward+backward + x1 no-grad forward), timed alone.
+    pieces = redundant_pieces(runners["looped"], x1, sync, args.piece_samples)
+    pieces["redundant_s"] = (n - 1) * (pieces["x1_fwd_bwd_s"] + pieces["x1_fwd_nograd_s"])
+    pieces["looped_minus_redundant_s"] = lo["median_s"] - pieces["redundant_s"]
+    pieces["dedup_only_speedup"] = lo["median_s"] / pieces["looped_minus_redundant_s"]
+    pieces["batched_vs_looped_minus_redundant"] = ba["median_s"] / pieces["looped_minus_redundant_s"]
     ratios["meets_target"] = bool(ratios["speedup"] >= TARGET_SPEEDUP)
     print(f"[{label}] looped {lo['median_s']:.3f} s/step, batched {ba['median_s']:.3f} s/step: "
-          f"x{ratios['speedup']:.2f} (paired median x{ratios['speedup_paired_median']:.2f}) "
+          f"x{ratios['speedup']:.2f} (paired median x{ratios['speedup_paired_median']:.2f}, "
+          f"CPU time x{ratios['cpu_time_speedup']:.2f}); dropping the {n - 1} repeated x1 passes "
+          f"alone would give x{pieces['dedup_only_speedup']:.2f} "
           f"[{time.perf_counter() - t_start:.0f} s]", flush=True)
     return {"image_size": img_size, "num_masks": n, "batch": args.batch, "check": check,
-            "steps": steps, "ratios": ratios,
+            "steps": steps, "ratios": ratios, "pieces": pieces,
             "raw": {mode: {k: [round(x, 6) for x in v] for k, v in raw[mode].items()}
                     for mode in MODES},
             "warmup_total_s": {mode: [round(x, 6) for x in v] for mode, v in warm.items()},
@@ -343,6 +391,24 @@ def _peak_mb() -> float:
     return hwm if hwm == hwm else _maxrss_mb()
 
 
+def saved_activations_mb(fn: Callable, params: Sequence[torch.Tensor]) -> float:
+    """MiB of the distinct tensor storages autograd saves for backward while ``fn`` runs,
+    parameters excluded: the activation memory of the graphs, independent of the allocator.
+    (All of them stay alive until their backward, so no two share an address.)"""
+    skip = {p.untyped_storage().data_ptr() for p in params}
+    seen: Dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in skip:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values()) / 2 ** 20
+
+
 def memory_child(args) -> int:
     """In a fresh process: build one mode's models and batch, run ``--memory-steps`` steps, print
     the peak. ``ru_maxrss`` is recorded but not used for the delta: on Linux it keeps the peak of
@@ -362,17 +428,36 @@ def memory_child(args) -> int:
     out["hwm_reset"] = _reset_peak_rss()
     base = _proc_status_mb("VmRSS") if out["hwm_reset"] else _peak_mb()
     out["baseline_mb"] = base
-    out["peak_after_step_mb"] = []
-    for _ in range(args.memory_steps):
-        adios_step(m, x1, x2, mode == "batched")
-        out["peak_after_step_mb"].append(_peak_mb() - base)
+    batched = mode == "batched"
+    params = [p for mod in (m.encoder, m.projector, m.masker) for p in mod.parameters()]
+    peaks = {"encoder": [], "masker": []}
+    for i in range(args.memory_steps):
+        for name, sub_step in (("encoder", encoder_step), ("masker", masker_step)):
+            # HWM reset to the current RSS (<= the peak so far): the max over the sub-steps'
+            # peaks is the process's peak, and each sub-step's own peak is seen.
+            if out["hwm_reset"]:
+                _reset_peak_rss()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            if i == 0:
+                out[f"{name}_step_saved_activations_mb"] = saved_activations_mb(
+                    lambda: sub_step(m, x1, x2, batched), params)
+            else:
+                sub_step(m, x1, x2, batched)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+                peaks[name].append((torch.cuda.max_memory_allocated(device) - base_alloc) / 2 ** 20)
+            else:
+                peaks[name].append(_peak_mb() - base)
+    out["encoder_step_peak_mb"] = peaks["encoder"]
+    out["masker_step_peak_mb"] = peaks["masker"]
+    out["peak_after_step_mb"] = [max(e, k) for e, k in zip(peaks["encoder"], peaks["masker"])]
+    out["peak_mb"] = max(out["peak_after_step_mb"])
     out["ru_maxrss_end_mb"] = _maxrss_mb()
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        out["peak_mb"] = (torch.cuda.max_memory_allocated(device) - base_alloc) / 2 ** 20
         out["memory_metric"] = "torch.cuda.max_memory_allocated - allocated after build"
     else:
-        out["peak_mb"] = out["peak_after_step_mb"][-1]
         out["memory_metric"] = ("peak RSS (VmHWM, reset after build) - RSS after build"
                                 if out["hwm_reset"] else "VmHWM(end) - VmHWM(after build)")
     print("MEMORY_JSON " + json.dumps(out), flush=True)
@@ -414,48 +499,72 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+def _mem(r: dict, mode: str, key: str) -> float:
+    return r.get("memory", {}).get(mode, {}).get(key, float("nan"))
+
+
+def saved_mb(r: dict, mode: str) -> float:
+    """Autograd-saved activations of the larger of the two sub-steps."""
+    return max(_mem(r, mode, "encoder_step_saved_activations_mb"),
+               _mem(r, mode, "masker_step_saved_activations_mb"))
+
+
 def format_table(results: List[dict]) -> str:
     head = (f"{'size':>4} {'N':>2}  {'mode':<8} {'s/step':>7} {'IQR s':>6} {'enc s':>6} "
-            f"{'mask s':>6}  {'speed-up':>8} {'paired':>6}  {'peak MB':>8}")
+            f"{'mask s':>6} {'CPU s':>6}  {'speed-up':>8} {'paired':>6} {'CPU':>6}  "
+            f"{'peak MB':>7} {'saved MB':>8}")
     lines = [head, "-" * len(head)]
     for r in results:
+        rt = r["ratios"]
         for mode in MODES:
             s = r["steps"][mode]
-            mem = r.get("memory", {}).get(mode, {}).get("peak_mb", float("nan"))
             if mode == "batched":
-                ratio = f"x{r['ratios']['speedup']:.2f}"
-                paired = f"x{r['ratios']['speedup_paired_median']:.2f}"
+                ratio, paired, cpu = (f"x{rt[k]:.2f}" for k in
+                                      ("speedup", "speedup_paired_median", "cpu_time_speedup"))
             else:
-                ratio = paired = "1"
+                ratio = paired = cpu = "1"
             lines.append(f"{r['image_size']:>4} {r['num_masks']:>2}  {mode:<8} "
                          f"{s['median_s']:>7.3f} {s['iqr_s']:>6.3f} {s['encoder_median_s']:>6.3f} "
-                         f"{s['masker_median_s']:>6.3f}  {ratio:>8} {paired:>6}  {mem:>8.0f}")
-        rt = r["ratios"]
-        mem = r.get("memory", {})
-        peak_ratio = (mem["batched"]["peak_mb"] / mem["looped"]["peak_mb"]
-                      if mem and mem["looped"]["peak_mb"] else float("nan"))
+                         f"{s['masker_median_s']:>6.3f} {s['cpu_median_s']:>6.3f}  {ratio:>8} "
+                         f"{paired:>6} {cpu:>6}  {_mem(r, mode, 'peak_mb'):>7.0f} "
+                         f"{saved_mb(r, mode):>8.0f}")
+        peak_ratio = _mem(r, "batched", "peak_mb") / _mem(r, "looped", "peak_mb")
+        saved_ratio = saved_mb(r, "batched") / saved_mb(r, "looped")
         verdict = "meets" if rt["meets_target"] else "BELOW"
-        lines.append(f"{'':>9} speed-up x{rt['speedup']:.2f} ({verdict} the x{TARGET_SPEEDUP} "
-                     f"target; encoder step x{rt['encoder_step_speedup']:.2f}, masker step "
-                     f"x{rt['masker_step_speedup']:.2f}); peak memory batched/looped "
-                     f"{peak_ratio:.2f}")
+        pc = r["pieces"]
+        lines.append(f"{'':>10}speed-up x{rt['speedup']:.2f} ({verdict} the x{TARGET_SPEEDUP} target; "
+                     f"encoder step x{rt['encoder_step_speedup']:.2f}, masker step "
+                     f"x{rt['masker_step_speedup']:.2f})")
+        lines.append(f"{'':>10}looped minus its {r['num_masks'] - 1} repeated x1 passes "
+                     f"({pc['x1_fwd_bwd_s']:.3f} s fwd+bwd + {pc['x1_fwd_nograd_s']:.3f} s no-grad "
+                     f"fwd each, timed alone): {pc['looped_minus_redundant_s']:.3f} s = "
+                     f"x{pc['dedup_only_speedup']:.2f}; batched is {pc['batched_vs_looped_minus_redundant']:.2f}x that")
+        lines.append(f"{'':>10}memory batched/looped: peak {peak_ratio:.2f}, "
+                     f"autograd-saved activations {saved_ratio:.2f}")
     return "\n".join(lines)
 
 
 def write_csv(path: str, results: List[dict]) -> None:
     cols = ["image_size", "num_masks", "batch", "mode", "median_s", "q25_s", "q75_s", "iqr_s",
-            "min_s", "n", "encoder_median_s", "masker_median_s", "speedup",
-            "speedup_paired_median", "encoder_step_speedup", "masker_step_speedup", "peak_mb"]
+            "min_s", "n", "encoder_median_s", "masker_median_s", "cpu_median_s", "sys_median_s",
+            "minor_faults_median", "speedup", "speedup_paired_median", "cpu_time_speedup",
+            "encoder_step_speedup", "masker_step_speedup", "dedup_only_speedup", "peak_mb",
+            "encoder_step_peak_mb", "masker_step_peak_mb", "encoder_step_saved_activations_mb",
+            "masker_step_saved_activations_mb"]
     with open(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
         w.writeheader()
         for r in results:
             for mode in MODES:
                 row = {"image_size": r["image_size"], "num_masks": r["num_masks"],
-                       "batch": r["batch"], "mode": mode, **r["steps"][mode],
-                       "peak_mb": r.get("memory", {}).get(mode, {}).get("peak_mb", "")}
+                       "batch": r["batch"], "mode": mode, **r["steps"][mode]}
+                mem = r.get("memory", {}).get(mode, {})
+                for k in cols:
+                    if k.endswith("_mb") and k in mem:
+                        row[k] = max(mem[k]) if isinstance(mem[k], list) else mem[k]
                 if mode == "batched":
                     row.update({k: v for k, v in r["ratios"].items() if k != "meets_target"})
+                    row["dedup_only_speedup"] = r["pieces"]["dedup_only_speedup"]
                 w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in row.items()})
 
 
@@ -526,14 +635,16 @@ def parse_args(argv=None):
                    help="square crop sizes (the masker supports 32..255; 64 and 96 were used)")
     p.add_argument("--num-masks", type=int, nargs="+", default=[4, 6], help="N values")
     p.add_argument("--batch", type=int, default=32)
-    p.add_argument("--repeats", type=int, default=5, help="timed steps per mode")
+    p.add_argument("--repeats", type=int, default=7, help="timed steps per mode")
     p.add_argument("--warmup", type=int, default=2,
                    help="untimed steps per mode first (the first is the equivalence check)")
-    p.add_argument("--quick", action="store_true", help="--repeats 3 --warmup 1")
+    p.add_argument("--quick", action="store_true", help="--repeats 3 --warmup 1 --piece-samples 1")
     p.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (and OMP_NUM_THREADS)")
     p.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     p.add_argument("--out", default=DEFAULT_OUT, help="folder for the json/csv/png")
     p.add_argument("--lr", type=float, default=0.01, help="SGD (momentum 0.9) learning rate")
+    p.add_argument("--piece-samples", type=int, default=3,
+                   help="samples of each repeated x1 pass timed alone (for the dedup-only bound)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     p.add_argument("--memory-steps", type=int, default=2, help="steps per peak-memory subprocess")
     p.add_argument("--memory-timeout", type=float, default=600.0)
@@ -544,7 +655,7 @@ def parse_args(argv=None):
     p.add_argument("--peak-n", type=int, default=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
-        args.repeats, args.warmup = 3, 1
+        args.repeats, args.warmup, args.piece_samples = 3, 1, 1
     return args
 
 

@@ -273,3 +273,26 @@ def test_batched_masked_views_equal_the_official_loop_inside_solo_learn(images, 
     assert not any(k.startswith("masker.") for k in grads_b)  # masks were detached
     for name in grads_b:
         torch.testing.assert_close(grads_b[name], grads_l[name], rtol=1e-7, atol=1e-10)
+
+
+PAPER_CONFIGS = sorted(p.stem for p in (Path(__file__).parents[1] / "plugins" / "adios_ssl"
+                                        / "configs").glob("*_adios.yaml"))
+
+
+@pytest.mark.parametrize("config", PAPER_CONFIGS)
+def test_every_shipped_config_builds_its_method(images, config):
+    """Each shipped config composes, passes solo-learn's parse_cfg and builds its method with a
+    masker sized for the training crops; mask_lr follows solo-learn's batch_size/256 scaling."""
+    from hydra import compose, initialize_config_module
+
+    model = build(config, images, f"data.val_path={images / 'val'}")
+    with initialize_config_module("adios_ssl.configs", version_base="1.2"):
+        raw = compose(config, overrides=[f"data.train_path={images / 'train'}"])
+    crop = raw.augmentations[0].crop_size
+    assert model.masker.img_size == crop == model.adios_img_size
+    assert model.masker.num_masks == raw.method_kwargs.N
+    assert model.mask_lr == pytest.approx(raw.method_kwargs.mask_lr * raw.optimizer.batch_size / 256)
+    assert type(model).__name__.lower().startswith(raw.method.split("_adios")[0].replace("_", ""))
+    with torch.no_grad():
+        masks = model.masker(torch.randn(2, 3, crop, crop))
+    assert masks.shape == (2, raw.method_kwargs.N, crop, crop)
