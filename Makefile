@@ -16,7 +16,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) -q --upgrade pip "setuptools<81" wheel
-	$(PIP) -e ".[test,domainbed]"
+	$(PIP) -e ".[test,domainbed,solo]"
 	touch $@
 
 demo: venv
