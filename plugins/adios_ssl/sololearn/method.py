@@ -186,9 +186,13 @@ class ADIOSMixin:
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         x1, x2 = views
 
-        # 1) encoder (and online classifiers): masks fixed
-        with torch.no_grad():
-            masks = self._masks(x1, x2)
+        # 1) encoder (and online classifiers): masks fixed. Batched mode computes the masks
+        # once, with grad, and reuses that graph in the masker step (the masker has not moved
+        # in between, so they are the same masks); the official order computes them twice.
+        reuse_masks = self.masker is not None and self.adios_batched
+        with torch.set_grad_enabled(reuse_masks):
+            masks_graph = self._masks(x1, x2)
+        masks = [None if m is None else m.detach() for m in masks_graph]
         ssl, per_mask, class_loss = self._ssl_loss(batch, masks, grad_through_views=True)
         loss = ssl + class_loss
         _check_finite(loss, "encoder", self)
@@ -202,7 +206,7 @@ class ADIOSMixin:
         if self.masker is not None:
             masker_opt = optimizers[1]
             self.toggle_optimizer(masker_opt)
-            masks = self._masks(x1, x2)
+            masks = masks_graph if reuse_masks else self._masks(x1, x2)
             all_masks = torch.cat([m for m in masks if m is not None], dim=1)
             self._adios_mute = True
             try:
