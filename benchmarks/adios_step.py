@@ -17,10 +17,11 @@ Other examples::
 One ADIOS training step (written below in :func:`encoder_step`, :func:`masker_step`), with
 ``adios_ssl.objective.adios_ssl_loss`` doing the N masked views:
 
-1. encoder step: ``masks = masker(x2)`` under ``no_grad``; ``loss = sum_k L(f(x1), f(x2 * (1 - m_k)))``;
+1. encoder step: ``masks = masker(x2)``; ``loss = sum_k L(f(x1), f(x2 * (1 - m_k.detach())))``;
    backward; SGD step on encoder + projector.
 2. masker step: encoder/projector frozen (``requires_grad=False``, restored afterwards);
-   ``masks = masker(x2)`` with grad; the same SSL sum (``grad_through_views=False``);
+   the masks with grad (batched: the encoder step's, reused; looped: computed again, as the
+   official code does); the same SSL sum (``grad_through_views=False``);
    ``objective = masker_objective(ssl, masks, alpha_sparsity=1)``; ``(-objective).backward()``;
    SGD step on the masker.
 
@@ -81,7 +82,7 @@ import resource  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from typing import Callable, Dict, List, Sequence  # noqa: E402
+from typing import Callable, Dict, List, Optional, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -158,26 +159,31 @@ def clone_adios(a: Adios, lr: float) -> Adios:
 
 
 # ---------------------------------------------------------------------------- one ADIOS step
-def encoder_step(m: Adios, x1: torch.Tensor, x2: torch.Tensor, batched: bool) -> torch.Tensor:
-    """Encoder + projector minimise the SSL loss of (x1, x2 masked by each of the N masks)."""
-    with torch.no_grad():
-        masks = m.masker(x2)
-    loss, _ = adios_ssl_loss(m.encode, m.pair_loss, (x1, x2), (None, masks),
+def encoder_step(m: Adios, x1: torch.Tensor, x2: torch.Tensor, batched: bool):
+    """Encoder + projector minimise the SSL loss of (x1, x2 masked by each of the N masks).
+
+    Returns the loss and, in batched mode, the masks with their graph: the plugin computes the
+    masks once per batch and reuses them in the masker step (the masker has not moved in
+    between); the official order computes them again there."""
+    with torch.set_grad_enabled(batched):
+        masks_graph = m.masker(x2)
+    loss, _ = adios_ssl_loss(m.encode, m.pair_loss, (x1, x2), (None, masks_graph.detach()),
                              modules=[m.encoder, m.projector], batched=batched)
     m.enc_opt.zero_grad(set_to_none=True)
     loss.backward()
     m.enc_opt.step()
-    return loss.detach()
+    return loss.detach(), (masks_graph if batched else None)
 
 
-def masker_step(m: Adios, x1: torch.Tensor, x2: torch.Tensor, batched: bool) -> torch.Tensor:
+def masker_step(m: Adios, x1: torch.Tensor, x2: torch.Tensor, batched: bool,
+                masks: Optional[torch.Tensor] = None) -> torch.Tensor:
     """The masker maximises the same SSL loss minus its sparsity penalty (encoder frozen)."""
     frozen = [p for module in (m.encoder, m.projector) for p in module.parameters()]
     flags = [p.requires_grad for p in frozen]
     for p in frozen:
         p.requires_grad_(False)
     try:
-        masks = m.masker(x2)
+        masks = m.masker(x2) if masks is None else masks
         ssl, _ = adios_ssl_loss(m.encode, m.pair_loss, (x1, x2), (None, masks),
                                 modules=[m.encoder, m.projector], batched=batched,
                                 grad_through_views=False)
@@ -193,7 +199,8 @@ def masker_step(m: Adios, x1: torch.Tensor, x2: torch.Tensor, batched: bool) -> 
 
 def adios_step(m: Adios, x1: torch.Tensor, x2: torch.Tensor, batched: bool):
     """One ADIOS training step: encoder step, then masker step. Returns both SSL losses."""
-    return encoder_step(m, x1, x2, batched), masker_step(m, x1, x2, batched)
+    loss, masks = encoder_step(m, x1, x2, batched)
+    return loss, masker_step(m, x1, x2, batched, masks)
 
 
 def make_batch(batch: int, img_size: int, seed: int, device: torch.device):
@@ -221,10 +228,10 @@ def timed_step(m: Adios, x1, x2, batched: bool, sync: Callable) -> Dict[str, flo
     sync()
     u0 = _rusage()
     t0 = time.perf_counter()
-    encoder_step(m, x1, x2, batched)
+    _, masks = encoder_step(m, x1, x2, batched)
     sync()
     t1 = time.perf_counter()
-    masker_step(m, x1, x2, batched)
+    masker_step(m, x1, x2, batched, masks)
     sync()
     t2 = time.perf_counter()
     u1 = _rusage()
@@ -437,8 +444,16 @@ def memory_child(args) -> int:
     batched = mode == "batched"
     params = [p for mod in (m.encoder, m.projector, m.masker) for p in mod.parameters()]
     peaks = {"encoder": [], "masker": []}
+    carried = {}  # batched mode: the encoder step's masks (with graph) go to the masker step
+
+    def run_encoder():
+        carried["masks"] = encoder_step(m, x1, x2, batched)[1]
+
+    def run_masker():
+        masker_step(m, x1, x2, batched, carried.pop("masks", None))
+
     for i in range(args.memory_steps):
-        for name, sub_step in (("encoder", encoder_step), ("masker", masker_step)):
+        for name, sub_step in (("encoder", run_encoder), ("masker", run_masker)):
             # HWM reset to the current RSS (<= the peak so far): the max over the sub-steps'
             # peaks is the process's peak, and each sub-step's own peak is seen.
             if out["hwm_reset"]:
@@ -447,10 +462,9 @@ def memory_child(args) -> int:
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
             if i == 0:
-                out[f"{name}_step_saved_activations_mb"] = saved_activations_mb(
-                    lambda: sub_step(m, x1, x2, batched), params)
+                out[f"{name}_step_saved_activations_mb"] = saved_activations_mb(sub_step, params)
             else:
-                sub_step(m, x1, x2, batched)
+                sub_step()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 peaks[name].append((torch.cuda.max_memory_allocated(device) - base_alloc) / 2 ** 20)
