@@ -296,3 +296,68 @@ def test_every_shipped_config_builds_its_method(images, config):
     with torch.no_grad():
         masks = model.masker(torch.randn(2, 3, crop, crop))
     assert masks.shape == (2, raw.method_kwargs.N, crop, crop)
+
+
+def test_a_lightning_training_step_leaves_the_same_weights_in_both_orders(images, tmp_path):
+    """Two full ADIOS steps through Lightning (encoder update, then masker update on the masks
+    computed once and reused) give the same weights as the official order (original view
+    re-encoded per mask, masks computed again for the masker), float64."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader
+
+    generator = torch.Generator().manual_seed(0)
+    batches = [[torch.arange(8), list(torch.randn(2, 8, 3, 64, 64, generator=generator,
+                                                  dtype=torch.float64)), torch.arange(8) % CLASSES]
+               for _ in range(2)]
+    weights = {}
+    for computation in ("batched", "looped"):
+        torch.manual_seed(0)
+        model = build("cpu_simclr_adios", images, f"+method_kwargs.computation={computation}",
+                      "optimizer.batch_size=8")
+        trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, precision="64-true",
+                             logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                             default_root_dir=tmp_path / computation)
+        trainer.fit(model, DataLoader(batches, batch_size=None))
+        assert int(model.adios_batches) == 2 and trainer.global_step == 4
+        weights[computation] = {n: p.detach().clone() for n, p in model.named_parameters()}
+    assert any(n.startswith("masker.") for n in weights["batched"])
+    for name, value in weights["batched"].items():
+        torch.testing.assert_close(value, weights["looped"][name], rtol=1e-7, atol=1e-10)
+    torch.manual_seed(0)
+    initial = build("cpu_simclr_adios", images, "optimizer.batch_size=8").double()
+    moved = {name.split(".")[0] for name, value in initial.named_parameters()
+             if not torch.equal(value, weights["batched"][name])}
+    assert moved == {"backbone", "projector", "classifier", "masker"}  # every network was updated
+
+
+def test_wrapper_registers_the_methods_for_configs_without_the_callback(images, tmp_path):
+    """`python -m adios_ssl.pretrain` (as the knn/umap wrappers do) registers the ADIOS methods
+    itself: it runs a config whose Hydra callback was removed; plain main_pretrain.py cannot."""
+    (tmp_path / "plain.yaml").write_text("""\
+defaults:
+  - base/cpu
+  - base/cpu_data
+  - _self_
+hydra:
+  searchpath: [pkg://adios_ssl.configs]
+  output_subdir: null
+  run:
+    dir: .
+name: plain-vicreg-adios
+method: vicreg_adios
+backbone:
+  name: resnet18
+method_kwargs: {proj_hidden_dim: 64, proj_output_dim: 64, N: 2, mask_fbase: 8}
+checkpoint: {enabled: true, dir: trained_models, frequency: 1}
+auto_resume: {enabled: false}
+""")
+    args = ["--config-path", str(tmp_path), "--config-name", "plain",
+            *pretrain_args(images, tmp_path)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    plain = subprocess.run([sys.executable, str(CHECKOUT / "main_pretrain.py"), *args], cwd=tmp_path,
+                           env=env, capture_output=True, text=True, timeout=300)
+    assert plain.returncode != 0 and "Choose from" in plain.stderr + plain.stdout
+    wrapped = subprocess.run([sys.executable, "-m", "adios_ssl.pretrain", *args], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=600)
+    assert wrapped.returncode == 0, wrapped.stderr[-4000:]
+    assert len(checkpoints(tmp_path, "vicreg_adios")) == 1
