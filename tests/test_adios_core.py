@@ -489,3 +489,48 @@ def test_baselines_reject_invalid_ratio(fn):
     for ratio in (0.0, 1.0, -0.1, 1.5):
         with pytest.raises(ValueError, match="ratio"):
             fn(2, 32, ratio)
+
+
+# ------------------------------------------------------------------ SimSiam's directional terms
+def neg_cos(p, z):
+    return -F.cosine_similarity(p, z.detach(), dim=-1).mean()
+
+
+def simsiam_pair(a, b):
+    """SimSiam's symmetric loss of one pair: the mean of its two directional terms
+    (the projector output stands in for the predictor here)."""
+    return (neg_cos(a["z"], b["feats"][:, :8]) + neg_cos(b["z"], a["feats"][:, :8])) / 2
+
+
+def simsiam_directional(masked, plain):
+    """The one term in which the masked view's prediction is compared with the plain view."""
+    return neg_cos(masked["z"], plain["feats"][:, :8])
+
+
+@pytest.mark.parametrize("pairs", [("masked",), ("masked", "none"), ("masked", "none", "both")])
+@pytest.mark.parametrize("batched", [True, False])
+def test_directional_terms_reproduce_the_official_simsiam_term_means(setup, pairs, batched):
+    """Official SimSiam-ADIOS without use_symmetry_mask: per mask k, the mean over the terms
+    (p1m, z2), (p2m, z1) [+ (p1, z2), (p2, z1) for no-mask] [+ (p1m, z2m), (p2m, z1m) for
+    both-mask], written out term by term."""
+    encoder, masker, views = setup
+    enc = copy.deepcopy(encoder)
+    masks = [masker(v).detach() for v in views]
+    torch.manual_seed(0)
+    total, per_mask = adios_ssl_loss(enc, simsiam_pair, views, masks, [enc], pairs=pairs,
+                                     batched=batched, directional_loss=simsiam_directional)
+    ref = copy.deepcopy(encoder)
+    x1, x2 = views
+    expected = []
+    for k in range(N):
+        o1, o2 = ref(x1), ref(x2)
+        m1, m2 = ref(x1 * (1 - masks[0][:, k:k + 1])), ref(x2 * (1 - masks[1][:, k:k + 1]))
+        d = lambda p_out, z_out: neg_cos(p_out["z"], z_out["feats"][:, :8])  # noqa: E731
+        terms = [d(m1, o2), d(m2, o1)]
+        if "none" in pairs:
+            terms += [d(o1, o2), d(o2, o1)]
+        if "both" in pairs:
+            terms += [d(m1, m2), d(m2, m1)]
+        expected.append(torch.stack(terms).mean())
+    assert_close_lists(per_mask, expected)
+    torch.testing.assert_close(total, torch.stack(expected).sum(), rtol=1e-9, atol=1e-12)

@@ -166,7 +166,9 @@ def adios_ssl_loss(encode: Callable[[torch.Tensor], Any],
                    views: Sequence[torch.Tensor], masks: Sequence[torch.Tensor | None],
                    modules: Iterable[nn.Module], pairs: Sequence[str] = ("masked",),
                    single_mask: bool = False, batched: bool = True,
-                   grad_through_views: bool = True) -> tuple[torch.Tensor, List[torch.Tensor]]:
+                   grad_through_views: bool = True,
+                   directional_loss: Callable[[Any, Any], torch.Tensor] | None = None,
+                   ) -> tuple[torch.Tensor, List[torch.Tensor]]:
     """The SSL part of the ADIOS objective, ``sum_k mean_pairs L(a, b)``.
 
     Args:
@@ -182,6 +184,11 @@ def adios_ssl_loss(encode: Callable[[torch.Tensor], Any],
             views one at a time). Both give the same loss.
         grad_through_views: whether the unmasked views' outputs need gradients (the encoder
             step); the masker step passes False (they do not depend on the masker).
+        directional_loss: for predictor methods whose ``pair_loss`` is the mean of two
+            directional terms (SimSiam): ``D(masked_outputs, unmasked_outputs)``, the single
+            term in which the masked view is predicted. When given, each ``masked`` pair
+            contributes only that term and the per-mask loss is the mean over terms (other pairs
+            count as two), as the official SimSiam-ADIOS without ``use_symmetry_mask``.
 
     Returns:
         ``(total, per_mask)`` with ``per_mask[k]`` the loss for mask k (one entry for ADIOS-s).
@@ -223,10 +230,21 @@ def adios_ssl_loss(encode: Callable[[torch.Tensor], Any],
         else:
             plain_k = encode_plain()
             masked_k = {i: encode(masked[i][k]) for i in masked_idx}
-        terms = []
+        terms, weights = [], []
         for a, b in _pair_list(masked_idx, pairs):
-            terms.append(pair_loss(_pick(a, plain_k, masked_k), _pick(b, plain_k, masked_k)))
-        per_mask.append(torch.stack(terms).mean() if len(terms) > 1 else terms[0])
+            out_a, out_b = _pick(a, plain_k, masked_k), _pick(b, plain_k, masked_k)
+            if directional_loss is not None and a[1] != b[1]:
+                masked_out, plain_out = (out_a, out_b) if a[1] else (out_b, out_a)
+                terms.append(directional_loss(masked_out, plain_out))
+                weights.append(1.0)
+            else:
+                terms.append(pair_loss(out_a, out_b))
+                weights.append(1.0 if directional_loss is None else 2.0)
+        if len(terms) == 1:
+            per_mask.append(terms[0])
+        else:
+            w = torch.tensor(weights, dtype=terms[0].dtype, device=terms[0].device)
+            per_mask.append((torch.stack(terms) * w).sum() / w.sum())
     return torch.stack(per_mask).sum(), per_mask
 
 

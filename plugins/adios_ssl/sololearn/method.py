@@ -19,7 +19,8 @@ batch_size * devices / 256 like solo-learn's ``optimizer.lr``], ``alpha_sparsity
 size], ``img_size`` [the first augmentation pipeline's ``crop_size``], ``single_mask`` [False,
 ADIOS-s], ``masked_views`` [second | both], ``pairs`` [[masked]], ``mask_generator``
 [adversarial | random | mae | beit], ``mask_ratio`` [baseline default], ``computation``
-[batched | looped], ``mask_pictures`` [{enabled: True, every_n_epochs: 1, num_images: 8}].
+[batched | looped], ``symmetric_pairs`` [True; SimSiam: False keeps only the term predicting
+the masked view], ``mask_pictures`` [{enabled: True, every_n_epochs: 1, num_images: 8}].
 """
 from __future__ import annotations
 
@@ -59,7 +60,7 @@ def adios_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
         "N": 6, "mask_lr": 0.1, "alpha_sparsity": 1.0, "alpha_entropy": 0.0, "mask_fbase": 32,
         "unet_norm": "gn", "unet_blocks": None, "img_size": None, "single_mask": False,
         "masked_views": "second", "pairs": ["masked"], "mask_generator": "adversarial",
-        "mask_ratio": None, "computation": "batched",
+        "mask_ratio": None, "computation": "batched", "symmetric_pairs": True,
         "mask_pictures": {"enabled": True, "every_n_epochs": 1, "num_images": 8},
     }
     for key, value in defaults.items():
@@ -123,6 +124,11 @@ class ADIOSMixin:
         self.single_mask = bool(kw.single_mask)
         self.masked_views: str = kw.masked_views
         self.adios_pairs = tuple(kw.pairs)
+        self.symmetric_pairs = bool(kw.symmetric_pairs)
+        if not self.symmetric_pairs and not hasattr(self, "adios_directional_loss"):
+            raise ADIOSConfigError(
+                f"method_kwargs.symmetric_pairs=false needs a directional loss, which only "
+                f"simsiam_adios defines ({type(self).__name__} has none): remove the setting")
         self.adios_batched = kw.computation == "batched"
         self.adios_img_size = int(kw.img_size)
         self.mask_ratio = None if kw.mask_ratio is None else float(kw.mask_ratio)
@@ -270,10 +276,16 @@ class ADIOSMixin:
             # the parent added its classifier losses, served detached: remove their value
             return total - classifier["detached"]
 
-        ssl, per_mask = adios_ssl_loss(encode, pair_loss, (x1, x2), masks, [self],
-                                       pairs=self.adios_pairs, single_mask=self.single_mask,
-                                       batched=self.adios_batched,
-                                       grad_through_views=grad_through_views)
+        def directional_loss(masked: Dict[str, Any], plain: Dict[str, Any]) -> torch.Tensor:
+            if not classifier:  # the first pair is (view 1, masked view 2)
+                classifier.update(self._classifier_terms(plain, targets))
+            return self.adios_directional_loss(masked, plain)
+
+        ssl, per_mask = adios_ssl_loss(
+            encode, pair_loss, (x1, x2), masks, [self], pairs=self.adios_pairs,
+            single_mask=self.single_mask, batched=self.adios_batched,
+            grad_through_views=grad_through_views,
+            directional_loss=None if self.symmetric_pairs else directional_loss)
         if grad_through_views and self.knn_eval and "feats" in classifier:
             keep = targets != -1
             self.knn(train_features=classifier["feats"][keep], train_targets=targets[keep])
@@ -400,7 +412,20 @@ def _solo_method(name: str) -> type:
 
 SimCLRADIOS = adios_method(_solo_method("simclr"), "SimCLRADIOS")
 BYOLADIOS = adios_method(_solo_method("byol"), "BYOLADIOS")
-SimSiamADIOS = adios_method(_solo_method("simsiam"), "SimSiamADIOS")
+class SimSiamADIOS(adios_method(_solo_method("simsiam"), "_SimSiamADIOSBase")):
+    """SimSiam + ADIOS. With ``method_kwargs.symmetric_pairs: false`` a (view, masked view)
+    pair contributes only the term in which the masked view's prediction meets the other
+    view's projection, ``D(p_masked, z)``: the official SimSiam-ADIOS without
+    ``use_symmetry_mask`` (per mask, the mean over the official terms)."""
+
+    @staticmethod
+    def adios_directional_loss(masked: Dict[str, Any], plain: Dict[str, Any]) -> torch.Tensor:
+        from solo.losses.simsiam import simsiam_loss_func
+
+        return simsiam_loss_func(masked["p"], plain["z"])
+
+
+
 BarlowTwinsADIOS = adios_method(_solo_method("barlow_twins"), "BarlowTwinsADIOS")
 VICRegADIOS = adios_method(_solo_method("vicreg"), "VICRegADIOS")
 
