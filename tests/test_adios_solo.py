@@ -391,3 +391,28 @@ def test_symmetric_pairs_false_is_refused_without_a_directional_loss(images):
 
     with pytest.raises(ADIOSConfigError, match="only simsiam_adios defines"):
         build("cpu_simclr_adios", images, "+method_kwargs.symmetric_pairs=false")
+
+
+@pytest.mark.parametrize("generator", ["random", "mae", "beit"])
+def test_baseline_masks_train_with_one_optimizer(images, tmp_path, generator):
+    """The paper's fixed-mask baselines: no masker, one optimizer, the second view hidden by a
+    binary mask of the requested kind."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader
+
+    torch.manual_seed(0)
+    model = build("cpu_simclr_adios", images, f"+method_kwargs.mask_generator={generator}",
+                  "optimizer.batch_size=8")
+    assert model.masker is None
+    x1, x2 = torch.randn(2, 8, 3, 64, 64)
+    (none, masks) = model._masks(x1, x2)
+    assert none is None and masks.shape == (8, 1, 64, 64)
+    assert set(masks.unique().tolist()) <= {0.0, 1.0} and 0 < masks.mean() < 1
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False,
+                         default_root_dir=tmp_path)
+    trainer.fit(model, DataLoader([[torch.arange(8), [x1, x2], torch.arange(8) % CLASSES]],
+                                  batch_size=None))
+    assert len(trainer.optimizers) == 1 and int(model.adios_batches) == 1
+    assert not torch.equal(before["backbone.conv1.weight"], model.backbone.conv1.weight)

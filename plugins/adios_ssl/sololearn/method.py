@@ -118,7 +118,6 @@ class ADIOSMixin:
         kw = cfg.method_kwargs
         self.automatic_optimization = False
         self.adios_generator: str = kw.mask_generator
-        self.adios_num_masks: int = int(kw.N) if kw.mask_generator == "adversarial" else 1
         self.alpha_sparsity = float(kw.alpha_sparsity)
         self.alpha_entropy = float(kw.alpha_entropy)
         self.single_mask = bool(kw.single_mask)
