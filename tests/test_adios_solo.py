@@ -277,7 +277,7 @@ def test_batched_masked_views_equal_the_official_loop_inside_solo_learn(images, 
 
 
 PAPER_CONFIGS = sorted(p.stem for p in (Path(__file__).parents[1] / "plugins" / "adios_ssl"
-                                        / "configs").glob("*_adios.yaml"))
+                                        / "configs").glob("*_adios*.yaml"))
 
 
 @pytest.mark.parametrize("config", PAPER_CONFIGS)
