@@ -80,11 +80,11 @@ def checkpoints(out: Path, method: str):
 
 @pytest.fixture(scope="module")
 def pretrained(images, tmp_path_factory):
-    """One epoch of every ADIOS method; {method: (checkpoint, run folder, stdout)}."""
+    """One epoch of every ADIOS method; {method: (checkpoint, run folder, working folder)}."""
     runs = {}
     for method in METHODS:
         out = tmp_path_factory.mktemp(method)
-        run = solo("main_pretrain.py", f"cpu_{method}_adios", *pretrain_args(images, out), cwd=out)
+        solo("main_pretrain.py", f"cpu_{method}_adios", *pretrain_args(images, out), cwd=out)
         (ckpt,) = checkpoints(out, f"{method}_adios")
         runs[method] = (ckpt, ckpt.parent, out)
     return runs

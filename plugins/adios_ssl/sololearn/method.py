@@ -24,7 +24,6 @@ the masked view], ``mask_pictures`` [{enabled: True, every_n_epochs: 1, num_imag
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Dict, List, Optional, Sequence
 
 import omegaconf
