@@ -57,18 +57,9 @@ import os
 import sys
 
 
-def _early_threads(argv) -> str:
-    """``--threads`` before torch is imported, so OpenMP/MKL pools start at that size."""
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return "1"
+import bench_env  # noqa: E402  (stdlib only: before torch)
 
-
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, _early_threads(sys.argv[1:]))
+bench_env.size_thread_pools_from_argv()
 
 import argparse  # noqa: E402
 import contextlib  # noqa: E402
@@ -88,7 +79,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
-from bench_env import cpu_model, load_average  # noqa: E402
+from bench_env import (cpu_model, load_average, make_sync, maxrss_mb, peak_mb,  # noqa: E402
+                       proc_status_mb, reset_peak_rss, save_results)
 from torch import nn  # noqa: E402
 
 from adios_ssl.masker import MaskingNetwork  # noqa: E402
@@ -211,12 +203,6 @@ def make_batch(batch: int, img_size: int, seed: int, device: torch.device):
 
 
 # ---------------------------------------------------------------------------- timing
-def make_sync(device: torch.device) -> Callable[[], None]:
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
-
-
 def _rusage():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime, r.ru_stime, r.ru_minflt
@@ -372,38 +358,6 @@ def bench_config(img_size: int, n: int, args, device: torch.device) -> dict:
 
 
 # ---------------------------------------------------------------------------- peak memory
-def _proc_status_mb(field: str) -> float:
-    """``VmRSS`` / ``VmHWM`` of this process from ``/proc/self/status``, in MiB (NaN if unknown)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 2 ** 10
-    except (OSError, ValueError, IndexError):
-        pass
-    return float("nan")
-
-
-def _reset_peak_rss() -> bool:
-    """Reset this process's peak RSS mark (VmHWM) to its current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _maxrss_mb() -> float:
-    m = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return m / 2 ** 20 if sys.platform == "darwin" else m / 2 ** 10
-
-
-def _peak_mb() -> float:
-    hwm = _proc_status_mb("VmHWM")
-    return hwm if hwm == hwm else _maxrss_mb()
-
-
 def saved_activations_mb(fn: Callable, params: Sequence[torch.Tensor]) -> float:
     """MiB of the distinct tensor storages autograd saves for backward while ``fn`` runs,
     parameters excluded: the activation memory of the graphs, independent of the allocator.
@@ -433,13 +387,13 @@ def memory_child(args) -> int:
     x1, x2 = make_batch(args.batch, args.peak_size, args.seed + 1, device)
     gc.collect()
     out = {"mode": mode, "image_size": args.peak_size, "num_masks": args.peak_n,
-           "steps": args.memory_steps, "ru_maxrss_before_mb": _maxrss_mb()}
+           "steps": args.memory_steps, "ru_maxrss_before_mb": maxrss_mb()}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base_alloc = torch.cuda.memory_allocated(device)
-    out["hwm_reset"] = _reset_peak_rss()
-    base = _proc_status_mb("VmRSS") if out["hwm_reset"] else _peak_mb()
+    out["hwm_reset"] = reset_peak_rss()
+    base = proc_status_mb("VmRSS") if out["hwm_reset"] else peak_mb()
     out["baseline_mb"] = base
     batched = mode == "batched"
     params = [p for mod in (m.encoder, m.projector, m.masker) for p in mod.parameters()]
@@ -457,7 +411,7 @@ def memory_child(args) -> int:
             # HWM reset to the current RSS (<= the peak so far): the max over the sub-steps'
             # peaks is the process's peak, and each sub-step's own peak is seen.
             if out["hwm_reset"]:
-                _reset_peak_rss()
+                reset_peak_rss()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
@@ -469,12 +423,12 @@ def memory_child(args) -> int:
                 torch.cuda.synchronize(device)
                 peaks[name].append((torch.cuda.max_memory_allocated(device) - base_alloc) / 2 ** 20)
             else:
-                peaks[name].append(_peak_mb() - base)
+                peaks[name].append(peak_mb() - base)
     out["encoder_step_peak_mb"] = peaks["encoder"]
     out["masker_step_peak_mb"] = peaks["masker"]
     out["peak_after_step_mb"] = [max(e, k) for e, k in zip(peaks["encoder"], peaks["masker"])]
     out["peak_mb"] = max(out["peak_after_step_mb"])
-    out["ru_maxrss_end_mb"] = _maxrss_mb()
+    out["ru_maxrss_end_mb"] = maxrss_mb()
     if device.type == "cuda":
         out["memory_metric"] = "torch.cuda.max_memory_allocated - allocated after build"
     else:
@@ -738,8 +692,6 @@ def main(argv=None) -> int:
     table = format_table(results)
     print()
     print(table)
-    os.makedirs(args.out, exist_ok=True)
-    paths = {ext: os.path.join(args.out, f"adios_step.{ext}") for ext in ("json", "csv", "png")}
     settings = {k: v for k, v in vars(args).items()
                 if k not in ("out", "measure_peak", "peak_size", "peak_n")}
     settings.update(
@@ -753,14 +705,10 @@ def main(argv=None) -> int:
         check="first step of each mode untimed, SSL losses of both sub-steps compared "
               "(on CUDA with TF32 off); timings use the backends' defaults",
         target_speedup=TARGET_SPEEDUP, check_rtol=CHECK_RTOL)
-    with open(paths["json"], "w") as f:
-        json.dump({"benchmark": "adios_step", "environment": env, "settings": settings,
-                   "total_seconds": total_s, "timing_seconds": t_timing,
-                   "results": results, "table": table}, f, indent=2)
-    write_csv(paths["csv"], results)
-    plot(paths["png"], results, env, args)
-    print("wrote " + ", ".join(os.path.relpath(p) for p in paths.values())
-          + f"  (total {total_s:.0f} s, timing {t_timing:.0f} s)")
+    save_results(args.out, "adios_step",
+                 {"environment": env, "settings": settings, "total_seconds": total_s,
+                  "timing_seconds": t_timing, "results": results, "table": table},
+                 write_csv, plot, args, summary=f"total {total_s:.0f} s, timing {t_timing:.0f} s")
     return 0
 
 

@@ -56,18 +56,9 @@ import os
 import sys
 
 
-def _early_threads(argv) -> str:
-    """``--threads`` before torch is imported, so OpenMP/MKL pools start at that size."""
-    for i, a in enumerate(argv):
-        if a == "--threads" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return "1"
+import bench_env  # noqa: E402  (stdlib only: before torch)
 
-
-for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-    os.environ.setdefault(_var, _early_threads(sys.argv[1:]))
+bench_env.size_thread_pools_from_argv()
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network (timm is not used)
 
 import argparse  # noqa: E402
@@ -95,7 +86,8 @@ except ImportError:  # not installed: use the source tree
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from bench_env import cpu_model, load_average  # noqa: E402
+from bench_env import (cpu_model, load_average, make_sync, maxrss_mb, peak_mb,  # noqa: E402
+                       proc_status_mb, reset_peak_rss, save_results)
 
 warnings.filterwarnings("ignore", message=r".*(pretrained|weight enum|weights).*")
 
@@ -233,12 +225,6 @@ def check_fishfast_matches_fish(db, device: torch.device, num_domains: int, step
 
 
 # ---------------------------------------------------------------------------- timing
-def make_sync(device: torch.device) -> Callable[[], None]:
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
-
-
 def _rusage():
     r = resource.getrusage(resource.RUSAGE_SELF)
     return (r.ru_minflt, r.ru_utime, r.ru_stime)
@@ -346,38 +332,6 @@ def overhead_pieces(fish_alg, fast_alg, device: torch.device, num_domains: int) 
 
 
 # ---------------------------------------------------------------------------- memory
-def _proc_status_mb(field: str) -> float:
-    """``VmRSS`` / ``VmHWM`` of this process image from ``/proc/self/status``, in MiB."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 2 ** 10  # kB
-    except (OSError, ValueError, IndexError):
-        pass
-    return float("nan")
-
-
-def _reset_peak_rss() -> bool:
-    """Reset this process's peak-RSS mark (VmHWM) to its current RSS (Linux >= 4.0)."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _maxrss_mb() -> float:
-    m = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return m / 2 ** 20 if sys.platform == "darwin" else m / 2 ** 10  # bytes on macOS, KiB on Linux
-
-
-def _peak_mb() -> float:
-    hwm = _proc_status_mb("VmHWM")
-    return hwm if hwm == hwm else _maxrss_mb()
-
-
 def memory_child(args) -> int:
     """Runs in a fresh process: build one variant, run ``--memory-steps`` updates, print peaks.
 
@@ -393,25 +347,25 @@ def memory_child(args) -> int:
                                args.seed + 1, device)
     gc.collect()
     out = {"model": model, "variant": variant, "steps": args.memory_steps,
-           "ru_maxrss_before_mb": _maxrss_mb(), "hwm_before_reset_mb": _proc_status_mb("VmHWM")}
+           "ru_maxrss_before_mb": maxrss_mb(), "hwm_before_reset_mb": proc_status_mb("VmHWM")}
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base_alloc = torch.cuda.memory_allocated(device)
-    out["hwm_reset"] = _reset_peak_rss()
-    out["baseline_rss_mb"] = _proc_status_mb("VmRSS")
-    out["baseline_peak_mb"] = _peak_mb()
+    out["hwm_reset"] = reset_peak_rss()
+    out["baseline_rss_mb"] = proc_status_mb("VmRSS")
+    out["baseline_peak_mb"] = peak_mb()
     torch.manual_seed(args.seed)
     alg, _ = build_variant(db, variant, model, args.domains, device)
-    out["after_build_peak_mb"] = _peak_mb()
-    out["after_build_rss_mb"] = _proc_status_mb("VmRSS")
+    out["after_build_peak_mb"] = peak_mb()
+    out["after_build_rss_mb"] = proc_status_mb("VmRSS")
     out["peak_after_step_mb"], out["rss_after_step_mb"], out["gip_logged"] = [], [], []
     for _ in range(args.memory_steps):
         res = alg.update(batches)
         out["gip_logged"].append("gip" in res)
-        out["peak_after_step_mb"].append(_peak_mb())
-        out["rss_after_step_mb"].append(_proc_status_mb("VmRSS"))
-    out["ru_maxrss_end_mb"] = _maxrss_mb()
+        out["peak_after_step_mb"].append(peak_mb())
+        out["rss_after_step_mb"].append(proc_status_mb("VmRSS"))
+    out["ru_maxrss_end_mb"] = maxrss_mb()
     base = out["baseline_rss_mb"] if out["hwm_reset"] else out["baseline_peak_mb"]
     out["peak_rss_delta_mb"] = out["peak_after_step_mb"][-1] - base
     out["build_rss_delta_mb"] = out["after_build_peak_mb"] - base
@@ -836,8 +790,6 @@ def main(argv=None) -> int:
           f"({env['cpu_count']} cpus); CPU time / wall time per floor update {share} "
           f"(~{args.threads} = the cores were ours; lower = shared)\n")
     print(table)
-    os.makedirs(args.out, exist_ok=True)
-    paths = {ext: os.path.join(args.out, f"domainbed_fish.{ext}") for ext in ("json", "csv", "png")}
     settings = {k: v for k, v in vars(args).items() if k not in ("out", "memory_child", "torch_home")}
     settings.update(
         variants={"ERM": "domainbed.algorithms.ERM", "Fish": "domainbed.algorithms.Fish (built-in)",
@@ -856,13 +808,10 @@ def main(argv=None) -> int:
                        else "peak RSS (VmHWM, reset via /proc/self/clear_refs just before the "
                             "algorithm is built) - RSS at that moment; one fresh process per variant"),
         fish_equivalence_max_abs_diff=check)
-    with open(paths["json"], "w") as f:
-        json.dump({"benchmark": "domainbed_fish", "environment": env, "settings": settings,
-                   "total_seconds": total_s, "results": results, "table": table}, f, indent=1)
-    write_csv(paths["csv"], results)
-    plot(paths["png"], results, env, args)
-    print("wrote " + ", ".join(os.path.relpath(p) for p in paths.values())
-          + f"  (total {total_s:.0f} s)")
+    save_results(args.out, "domainbed_fish",
+                 {"environment": env, "settings": settings, "total_seconds": total_s,
+                  "results": results, "table": table},
+                 write_csv, plot, args, indent=1, summary=f"total {total_s:.0f} s")
     return 0
 
 

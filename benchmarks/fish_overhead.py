@@ -43,7 +43,6 @@ import csv
 import datetime as _dt
 import functools
 import gc
-import json
 import os
 import platform
 import sys
@@ -57,7 +56,7 @@ from typing import Callable, Dict, List, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_env import cpu_model, load_average
+from bench_env import cpu_model, load_average, make_sync, save_results
 from torch import nn
 
 import gradmatch
@@ -184,12 +183,6 @@ class DeepcopyFish:
 
 
 # ---------------------------------------------------------------------------- timing helpers
-def make_sync(device: torch.device) -> Callable[[], None]:
-    if device.type == "cuda":
-        return lambda: torch.cuda.synchronize(device)
-    return lambda: None
-
-
 def time_call(fn: Callable, sync: Callable, reps: int = 1) -> float:
     """Seconds per call of ``fn`` (averaged over ``reps`` back-to-back calls)."""
     sync()
@@ -577,21 +570,16 @@ def main(argv=None) -> int:
           f"(~{args.threads} = the cores were ours; lower = the machine was shared)")
     print()
     print(table)
-    os.makedirs(args.out, exist_ok=True)
-    paths = {ext: os.path.join(args.out, f"fish_overhead.{ext}") for ext in ("json", "csv", "png")}
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     settings.update(target_overhead_pct=100 * TARGET_OVERHEAD, fish_options="Fish defaults "
                     "(shuffle_domains=True, step_size='domainbed', buffers='interpolate', "
                     "reset_inner_optimizer=False)", interleaving="ABC/CBA alternating per repetition",
                     inner_optimizer_kwargs={"adam": {"lr": 1e-3}, "sgd": {"lr": 1e-2}}[args.optimizer])
-    with open(paths["json"], "w") as f:
-        json.dump({"benchmark": "fish_overhead", "environment": env, "settings": settings,
-                   "deepcopy_equivalence_max_abs_diff": check, "total_seconds": total_s,
-                   "results": results, "table": table}, f, indent=2)
-    write_csv(paths["csv"], results)
-    plot(paths["png"], results, env, args)
-    print("wrote " + ", ".join(os.path.relpath(p) for p in paths.values())
-          + f"  (total {total_s:.0f} s)")
+    save_results(args.out, "fish_overhead",
+                 {"environment": env, "settings": settings,
+                  "deepcopy_equivalence_max_abs_diff": check, "total_seconds": total_s,
+                  "results": results, "table": table},
+                 write_csv, plot, args, summary=f"total {total_s:.0f} s")
     return 0
 
 
