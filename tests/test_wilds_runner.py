@@ -92,11 +92,15 @@ def simulate_kill_before_summary(finished, dest):
 
 
 def start_cli(args, log_path):
-    """``python -m gradmatch.cli *args`` as a child process on one thread; output to ``log_path``."""
+    """``python -m gradmatch.cli *args`` as a child process on one thread; output to ``log_path``.
+
+    The child starts with Ctrl-C at its default, as from a terminal, even when the tests run in
+    a background job (whose children inherit an ignored SIGINT and so never see Ctrl-C)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(log_path, "w") as log:
         return subprocess.Popen([sys.executable, "-m", "gradmatch.cli", *args], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+                                stdout=log, stderr=subprocess.STDOUT,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def wait_for(path: Path, proc, log_path, timeout=180.0):
