@@ -45,11 +45,32 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     o.add_argument("--log-every", type=int, default=10)
     o.add_argument("--frac", type=float, default=1.0, help="use this fraction of every split")
     o.add_argument("--num-workers", type=int, default=0)
-    o.add_argument("--device", default="auto")
+    e = p.add_argument_group("engine (Lightning Fabric; Lightning's meanings)")
+    e.add_argument("--accelerator", default="auto", help="cpu, gpu, cuda, mps or auto (default)")
+    e.add_argument("--devices", default="1", type=_devices,
+                   help="processes on this node: a count (2), -1 or auto for all, or a list of "
+                        "GPU ids (0,1); default 1. Every batch is split evenly over all processes")
+    e.add_argument("--num-nodes", type=int, default=1, help="machines (Slurm or torchrun sets the ranks)")
+    e.add_argument("--strategy", default="auto",
+                   help="auto (one process, or ddp for several), ddp, ddp_spawn, ddp_fork")
+    e.add_argument("--precision", default="32-true",
+                   help="32-true (default), bf16-mixed, or 16-mixed (fp16 autocast + gradient "
+                        "scaling; CUDA)")
+    e.add_argument("--sync-batchnorm", action="store_true",
+                   help="BatchNorm statistics over all processes' shards (CUDA)")
     o.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     o.add_argument("--no-progress", dest="progress", action="store_false")
     o.add_argument("--dataset-kwargs", type=json.loads, default={},
                    help='JSON passed to the dataset, e.g. \'{"num_domains": 10}\'')
+
+
+def _devices(value: str):
+    from .distributed import parse_devices
+
+    try:
+        return parse_devices(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: use a count (2), -1, auto or a list (0,1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -96,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> None:
-    from .wilds.runner import RunConfig, train
+    from .wilds.runner import Run, RunConfig
 
     import torch
 
@@ -105,8 +126,10 @@ def _train(args) -> None:
             raise ValueError("--threads must be >= 1")
         torch.set_num_threads(args.threads)
     fields = {k: v for k, v in vars(args).items() if k not in ("command", "out", "resume", "threads")}
-    summary = train(RunConfig(out_dir=args.out, **fields), resume=args.resume)
-    print(json.dumps(summary, indent=2))
+    run = Run(RunConfig(out_dir=args.out, **fields), resume=args.resume)
+    summary = run.train()
+    if run.is_global_zero:
+        print(json.dumps(summary, indent=2))
 
 
 def _demo(args) -> None:
@@ -180,6 +203,12 @@ def _after_divergence(args) -> str:
     return "No checkpoint was written yet: rerun with a lower --lr (or --meta-lr) and a new --out."
 
 
+def _is_first_local_process() -> bool:
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0")) == 0
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from .losses import NonFiniteLossError
@@ -192,7 +221,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"gradmatch: error: {err}. {_after_divergence(args)}", file=sys.stderr)
         return 1
     except (FileExistsError, FileNotFoundError, PermissionError, ValueError, ImportError, KeyError) as err:
-        print(f"gradmatch: error: {err}", file=sys.stderr)
+        if _is_first_local_process():  # every process of a multi-process run raises it
+            print(f"gradmatch: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("gradmatch: interrupted; checkpoints are kept: rerun the same command (train: add --resume) "

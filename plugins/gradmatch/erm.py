@@ -6,6 +6,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 from torch import nn
 
+from .backend import LOCAL, Backend
 from .gip import gradient_inner_product
 from .losses import LossFn, check_finite, cross_entropy_loss
 
@@ -14,24 +15,27 @@ OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 
 def erm_update(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Sequence[Any],
-               loss_fn: LossFn, where: str) -> float:
-    """One optimizer step on the mean of the batches' losses; returns that mean loss.
-    ``where`` names the step in the error raised for a NaN or infinite loss."""
+               loss_fn: LossFn, where: str, backend: Backend = LOCAL) -> float:
+    """One optimizer step on the mean of the batches' losses; returns that mean loss (over all
+    processes). ``where`` names the step in the error raised for a NaN or infinite loss."""
     optimizer.zero_grad(set_to_none=True)
-    loss = torch.stack([loss_fn(model, b) for b in batches]).mean()
-    check_finite(loss, where)
-    loss.backward()
-    optimizer.step()
-    return loss.item()
+    loss = torch.stack([backend.loss(loss_fn, model, b) for b in batches]).mean()
+    full = backend.mean(loss.detach())  # every process sees the same value, and stops together
+    check_finite(full, where)
+    backend.backward(loss)
+    backend.step(optimizer)
+    backend.sync_buffers([b for b in model.buffers() if b.is_floating_point()])
+    return full.item()
 
 
 class ERM:
     """One optimizer step per :meth:`step` on the mean of the given batches' losses."""
 
     def __init__(self, model: nn.Module, optimizer: OptimizerFactory,
-                 *, loss_fn: LossFn = cross_entropy_loss) -> None:
+                 *, loss_fn: LossFn = cross_entropy_loss, backend: Backend = LOCAL) -> None:
         self.model = model
         self.loss_fn = loss_fn
+        self.backend = backend
         self.optimizer = optimizer(model.parameters())
         self.num_steps = 0
 
@@ -39,9 +43,10 @@ class ERM:
         """Returns ``loss`` and, if ``track_gip`` and there are >= 2 batches, ``gip``/``gip_cos``."""
         if len(batches) == 0:
             raise ValueError("ERM.step needs at least one batch")
-        stats = gradient_inner_product(self.model, batches, self.loss_fn) if track_gip else {}
+        stats = (gradient_inner_product(self.model, batches, self.loss_fn, self.backend)
+                 if track_gip else {})
         stats["loss"] = erm_update(self.model, self.optimizer, batches, self.loss_fn,
-                                   f"in ERM step {self.num_steps}")
+                                   f"in ERM step {self.num_steps}", self.backend)
         self.num_steps += 1
         return stats
 

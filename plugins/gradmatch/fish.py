@@ -22,6 +22,7 @@ from typing import Any, List, Optional, Sequence
 import torch
 from torch import nn
 
+from .backend import LOCAL, Backend
 from .erm import OptimizerFactory, erm_update
 from .losses import LossFn, check_finite, cross_entropy_loss
 from .gip import gradient_inner_product
@@ -56,6 +57,10 @@ class Fish:
             the mean of the domain losses (the official WILDS recipe pre-trains with ERM).
         erm_optimizer: factory for the warm-up optimizer; default ``inner_optimizer``.
         seed: seed of the generator that draws domain orders and subsets.
+        backend: how losses, backward passes and optimizer steps run (:mod:`gradmatch.backend`):
+            one process by default; data-parallel / mixed precision with a Fabric backend, where
+            each process holds its shard of every domain batch, the inner-step gradients are
+            averaged over the processes, and the meta step is the same on every process.
     """
 
     def __init__(
@@ -73,6 +78,7 @@ class Fish:
         erm_warmup_steps: int = 0,
         erm_optimizer: Optional[OptimizerFactory] = None,
         seed: int = 0,
+        backend: Backend = LOCAL,
     ) -> None:
         if not (isinstance(meta_lr, (int, float)) and math.isfinite(meta_lr) and meta_lr > 0):
             raise ValueError(f"meta_lr must be a positive finite number, got {meta_lr!r}")
@@ -95,6 +101,7 @@ class Fish:
         self.erm_warmup_steps = int(erm_warmup_steps)
         self.num_steps = 0
         self.generator = torch.Generator().manual_seed(seed)
+        self.backend = backend
 
         self.inner = _detached_copy(model)
         self.inner_optimizer = inner_optimizer(self.inner.parameters())
@@ -130,7 +137,7 @@ class Fish:
             raise ValueError("Fish.step needs at least one batch (one per training domain)")
         stats = {}
         if track_gip:
-            stats.update(gradient_inner_product(self.model, batches, self.loss_fn))
+            stats.update(gradient_inner_product(self.model, batches, self.loss_fn, self.backend))
         if self.in_warmup:
             stats["loss"] = self._erm_step(batches)
             stats["phase"] = 0.0
@@ -191,7 +198,7 @@ class Fish:
     # ------------------------------------------------------------------ internals
     def _erm_step(self, batches: Sequence[Any]) -> float:
         return erm_update(self.model, self.erm_optimizer, batches, self.loss_fn,
-                          f"in ERM warm-up step {self.num_steps}")
+                          f"in ERM warm-up step {self.num_steps}", self.backend)
 
     def _fish_step(self, batches: Sequence[Any]) -> float:
         self._sync_inner_device()
@@ -205,13 +212,14 @@ class Fish:
         self.inner.train(self.model.training)
 
         losses = []
+        backend = self.backend
         for domain in order:
             self.inner_optimizer.zero_grad(set_to_none=True)
-            loss = self.loss_fn(self.inner, batches[domain])
-            loss.backward()
-            self.inner_optimizer.step()
+            loss = backend.loss(self.loss_fn, self.inner, batches[domain])
+            backend.backward(loss)
+            backend.step(self.inner_optimizer)  # data-parallel: gradients averaged first
             losses.append(loss.detach())
-        losses = torch.stack(losses)
+        losses = backend.mean(torch.stack(losses))  # the full batches' losses, on every process
         # One host sync per step; a non-finite loss never reaches the meta weights.
         if not torch.isfinite(losses).all():
             bad = int(torch.nonzero(~torch.isfinite(losses))[0])
@@ -227,6 +235,7 @@ class Fish:
                     torch._foreach_copy_(self._meta_float, self._inner_float)
             if self._meta_other:
                 torch._foreach_copy_(self._meta_other, self._inner_other)
+        backend.sync_buffers(self._meta_float)
         return losses.mean().item()
 
     def _sync_inner_device(self) -> None:

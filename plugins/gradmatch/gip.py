@@ -6,6 +6,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .backend import LOCAL, Backend
 from .losses import LossFn, check_finite
 
 
@@ -50,9 +51,12 @@ def mean_pairwise_inner_product(grads: Sequence[torch.Tensor]) -> torch.Tensor:
     return (total.dot(total) - (stacked * stacked).sum()) / (s * (s - 1))
 
 
-def gradient_inner_product(model: nn.Module, batches: Sequence[Any], loss_fn: LossFn) -> Dict[str, float]:
+def gradient_inner_product(model: nn.Module, batches: Sequence[Any], loss_fn: LossFn,
+                           backend: Backend = LOCAL) -> Dict[str, float]:
     """GIP at the current weights: ``gip`` (mean pairwise ``G_i . G_j``) and ``gip_cos`` (mean
     pairwise cosine similarity), one extra forward/backward per domain. Empty dict for one domain.
+    With a data-parallel ``backend`` each domain gradient is averaged over the processes (the
+    full batch's gradient) before the products.
 
     Streams over domains: besides one domain's gradient it keeps two running sums of size P
     (``sum G_i`` and ``sum G_i / |G_i|``), whatever the number of domains.
@@ -67,9 +71,10 @@ def gradient_inner_product(model: nn.Module, batches: Sequence[Any], loss_fn: Lo
     squares = unit_squares = 0.0
     try:
         for i, batch in enumerate(batches):
-            loss = loss_fn(model, batch)
-            check_finite(loss, f"on domain batch {i}")
+            loss = backend.loss(loss_fn, model, batch)
+            check_finite(backend.mean(loss.detach()), f"on domain batch {i}")
             g = flat_gradient(torch.autograd.grad(loss, params, allow_unused=True), params)
+            g = backend.mean(g) if backend.world_size > 1 else g
             squared = g.dot(g)
             unit = g / squared.sqrt().clamp_min(1e-12)
             squares = squares + squared

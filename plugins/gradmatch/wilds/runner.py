@@ -14,6 +14,14 @@ Output folder (``out_dir``):
 - ``predictions/<dataset>/<dataset>_split:<split>_<seed:N|fold:X>_epoch:best_pred.csv``: the
   selected model's predictions on every non-train split, in WILDS' ``evaluate.py`` format;
 - ``summary.json``: written last: the selected step and its metrics on every split.
+
+Engine: Lightning Fabric (:mod:`gradmatch.distributed`). With several processes
+(``devices``/``num_nodes``) every process takes its equal, contiguous shard of each batch (of
+each domain's batch for Fish), the gradients are averaged before every optimizer step, and the
+replicas stay identical (checked bitwise at every checkpoint); evaluation splits each split
+over the processes, so every example is predicted exactly once. Only process 0 writes files.
+Checkpoints hold every process's RNG state and load onto the CPU first, so a run resumes on
+another device type or number of processes.
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from .. import distributed as D
 from ..erm import ERM
 from ..fish import Fish
 from . import presets as P
@@ -74,7 +83,12 @@ class RunConfig:
     log_every: int = 10
     frac: float = 1.0                       # fraction of each split to use (smoke runs)
     num_workers: int = 0
-    device: str = "auto"
+    accelerator: str = "auto"               # Lightning's meanings (gradmatch.distributed)
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str = "32-true"
+    sync_batchnorm: bool = False
     download: bool = False
     progress: bool = True
     dataset_kwargs: Dict[str, Any] = field(default_factory=dict)
@@ -97,6 +111,10 @@ class RunConfig:
             raise ValueError(f"--frac must be in (0, 1], got {self.frac!r}")
         if self.checkpoint_every < 1 or self.log_every < 1:
             raise ValueError("--checkpoint-every and --log-every must be >= 1")
+        D.check_precision(self.precision, self.accelerator)
+        if self.sync_batchnorm and self.accelerator == "cpu":
+            raise ValueError("--sync-batchnorm needs CUDA devices (torch has no SyncBatchNorm on "
+                             "the CPU); drop it on a CPU")
 
 
 class RunExistsError(FileExistsError):
@@ -125,12 +143,6 @@ def load_dataset(cfg: RunConfig):
     return get_wilds_dataset(cfg.dataset, root_dir=cfg.root_dir, download=cfg.download, **kwargs)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
 def logits_to_prediction(loss: str, logits: torch.Tensor) -> torch.Tensor:
     """What ``dataset.eval`` and the prediction files take: class ids, or raw values for regression."""
     if loss == "cross_entropy":
@@ -157,6 +169,13 @@ def _atomic_save(obj, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint, always onto the CPU (``weights_only``): the learner's ``load_state_dict``
+    moves tensors to the run's device, and the RNG states must stay CPU byte tensors
+    (``torch.set_rng_state`` rejects others), whatever device the run that wrote it used."""
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _rng_state() -> dict:
@@ -190,13 +209,41 @@ class Run:
         cfg.validate()
         self.cfg, self.resume = cfg, resume
         self.out = Path(cfg.out_dir)
-        self._check_out_dir()
-        apply_compat()
+        self.fabric = D.build_fabric(cfg.accelerator, cfg.devices, cfg.strategy, cfg.precision,
+                                     cfg.num_nodes)
+        self.world_size = self.fabric.world_size
         self.preset = self._preset()
-        self.device = resolve_device(cfg.device)
-        self._seed_everything(cfg.seed)
+        batch_size = self.setting("batch_size")
+        if batch_size % self.world_size:
+            raise ValueError(f"--batch-size {batch_size} cannot be split evenly over "
+                             f"{self.world_size} processes: use a multiple of {self.world_size} "
+                             "(each process takes an equal part of every batch)")
+        self.fabric.launch()  # with several processes: starts (or joins) them
+        self.backend = D.FabricBackend(self.fabric, cfg.precision)
+        self.rank = self.fabric.global_rank
+        self.is_global_zero = self.rank == 0
+        self._on_every_process(self._check_out_dir)
+        apply_compat()
+        self.device = self.fabric.device
+        self._seed_everything(cfg.seed)  # the same on every process: identical initial weights
         self.dataset = load_dataset(cfg)
         self._build()
+        if self.rank > 0:  # different random transforms on each process from here on
+            self._seed_everything(cfg.seed + 7919 * self.rank)
+
+    def _on_every_process(self, check) -> None:
+        """Run ``check`` on process 0 only (the others could see files it has begun to write)
+        and raise its error, if any, on every process."""
+        error = None
+        if self.is_global_zero:
+            try:
+                check()
+            except (FileExistsError, FileNotFoundError, ValueError) as err:
+                error = err
+        if self.world_size > 1:
+            error = self.fabric.broadcast(error, src=0)
+        if error is not None:
+            raise error
 
     # ---- configuration
     def _preset(self) -> "P.Preset":
@@ -263,7 +310,10 @@ class Run:
         num_outputs = ds.n_classes if ds.n_classes is not None else ds.y_size
         if self.preset.loss == "binary_cross_entropy":
             num_outputs = 1
-        self.model = self._model(num_outputs).to(self.device)
+        model = self._model(num_outputs)
+        if cfg.sync_batchnorm:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model.to(self.device)
         self.loss_fn = P.loss_fn_for(self.preset)
         optimizer = P.inner_optimizer_factory(self._optimizer_preset(), **self._optimizer_overrides())
         self.lr = optimizer.keywords["lr"]
@@ -277,9 +327,10 @@ class Run:
                      else cfg.reset_inner_optimizer)
             self.learner = Fish(self.model, optimizer, self.setting("meta_lr"), loss_fn=self.loss_fn,
                                 step_size=cfg.step_size, reset_inner_optimizer=reset,
-                                erm_warmup_steps=self.setting("erm_pretrain_iters"), seed=cfg.seed)
+                                erm_warmup_steps=self.setting("erm_pretrain_iters"), seed=cfg.seed,
+                                backend=self.backend)
         else:
-            self.learner = ERM(self.model, optimizer, loss_fn=self.loss_fn)
+            self.learner = ERM(self.model, optimizer, loss_fn=self.loss_fn, backend=self.backend)
         self.epochs = self.setting("epochs")
         self.eval_every = self.setting("eval_every") or 0
 
@@ -324,15 +375,17 @@ class Run:
 
     # ---- main loop
     def train(self) -> dict:
-        self.out.mkdir(parents=True, exist_ok=True)
+        if self.is_global_zero:
+            self.out.mkdir(parents=True, exist_ok=True)
         position = self._restore() if self.resume else self._start()
         phase, epoch, pos, step = position["phase"], position["epoch"], position["pos"], position["step"]
         self.best = position["best"]
         self._last_eval_step = position.get("last_eval_step")
         self._saved_step = position["step"] if self.resume else None
         total = self._total_steps()
-        bar = _progress(total, step, self.cfg.progress, f"{self.cfg.algorithm} {self.cfg.dataset}")
-        self._log_file = open(self.out / "log.jsonl", "a")
+        bar = _progress(total, step, self.cfg.progress and self.is_global_zero,
+                        f"{self.cfg.algorithm} {self.cfg.dataset}")
+        self._log_file = open(self.out / "log.jsonl", "a") if self.is_global_zero else None
         try:
             with _DeferredInterrupt() as interrupt:
                 while not self._finished(phase, epoch, step):
@@ -342,6 +395,7 @@ class Run:
                         steps = steps[:self.cfg.max_steps - step]
                     if phase == "warmup":
                         steps = steps[:self.learner.erm_warmup_steps - step]
+                    steps = [[D.shard(i, self.rank, self.world_size) for i in s] for s in steps]
                     for indices, batch in zip(steps, self._loader(steps)):
                         t0 = time.perf_counter()
                         batch = _to_device(batch, self.device)
@@ -379,11 +433,12 @@ class Run:
             raise
         finally:
             bar.close()
-            self._log_file.close()
+            if self._log_file is not None:
+                self._log_file.close()
         return self._finish()
 
     def _stop_if_interrupted(self, interrupt, phase, epoch, pos, step) -> None:
-        if interrupt.requested:
+        if self.backend.any(interrupt.requested):  # a Ctrl-C on any process stops them all here
             self._save(phase, epoch, pos, step)
             raise RunInterrupted()
 
@@ -414,20 +469,25 @@ class Run:
     # ---- evaluation and selection
     @torch.no_grad()
     def predict(self, split: str):
-        """``(y_pred, y_true, metadata)`` of the current model on ``split``."""
+        """``(y_pred, y_true, metadata)`` of the current model on the whole of ``split``, on
+        every process (each process predicts its contiguous part, in order)."""
         subset = self.dataset.get_subset(split, frac=self.cfg.frac, transform=self._transform(train=False))
-        loader = DataLoader(subset, batch_size=self.preset.eval_batch_size, shuffle=False,
+        shards = D.eval_shards(len(subset), self.world_size)
+        local = torch.utils.data.Subset(subset, shards[self.rank].tolist())
+        loader = DataLoader(local, batch_size=self.preset.eval_batch_size, shuffle=False,
                             num_workers=self.cfg.num_workers, collate_fn=self.dataset.collate)
         was_training = self.model.training
         self.model.eval()
         preds, ys, metas = [], [], []
         for x, y, meta in loader:
-            logits = self.model(x.to(self.device))
-            preds.append(logits_to_prediction(self.preset.loss, logits).cpu())
+            with self.backend.autocast():
+                logits = self.model(x.to(self.device))
+            preds.append(logits_to_prediction(self.preset.loss, logits.float()).cpu())
             ys.append(y)
             metas.append(meta)
         self.model.train(was_training)
-        return torch.cat(preds), torch.cat(ys), torch.cat(metas)
+        counts = [len(s) for s in shards]
+        return tuple(self.backend.gather_rows(torch.cat(parts), counts) for parts in (preds, ys, metas))
 
     def _evaluate(self, step: int, epoch: int) -> None:
         if step == self._last_eval_step:
@@ -449,34 +509,55 @@ class Run:
         better = self.best is None or value > self.best["value"] or self.preset.keep_last_checkpoint
         if better:
             self.best = {"step": step, "value": value}
-            _atomic_save({"model": self.model.state_dict(), "step": step,
-                          self.selection_metric: value}, self.out / "best_model.pt")
+            if self.is_global_zero:
+                _atomic_save({"model": self.model.state_dict(), "step": step,
+                              self.selection_metric: value}, self.out / "best_model.pt")
 
     def _best_str(self) -> str:
         return "-" if self.best is None else f"{self.best['value']:.3f}@{self.best['step']}"
 
     # ---- persistence
     def _start(self) -> dict:
-        with open(self.out / "config.json", "w") as f:
-            json.dump(dataclasses.asdict(self.cfg), f, indent=2)
+        if self.is_global_zero:
+            with open(self.out / "config.json", "w") as f:
+                json.dump(dataclasses.asdict(self.cfg), f, indent=2)
         self._log_records = 0
         return {"phase": self._first_phase(), "epoch": 0, "pos": 0, "step": 0, "best": None}
 
     def _save(self, phase, epoch, pos, step) -> None:
-        _atomic_save({"learner": self.learner.state_dict(), "phase": phase, "epoch": epoch,
-                      "pos": pos, "step": step, "best": self.best, "rng": _rng_state(),
-                      "last_eval_step": self._last_eval_step, "log_records": self._log_records},
-                     self.out / "checkpoint.pt")
+        """Every process calls this at the same step: process 0 writes the checkpoint, with
+        every process's RNG state, after checking that the replicas are bitwise identical."""
+        rng = self.backend.all_gather_object(_rng_state())
+        digests = None
+        if self.world_size > 1:
+            digests = self.backend.all_gather_object(D.replica_digest(self.model))
+            if len(set(digests)) > 1:
+                raise RuntimeError(f"the model replicas differ between processes at step {step} "
+                                   f"(digests {digests}); please report this as a bug")
+        if self.is_global_zero:
+            _atomic_save({"learner": self.learner.state_dict(), "phase": phase, "epoch": epoch,
+                          "pos": pos, "step": step, "best": self.best, "rng": rng,
+                          "engine": {"world_size": self.world_size, "precision": self.cfg.precision,
+                                     "replica_digests": digests, **self.backend.state_dict()},
+                          "last_eval_step": self._last_eval_step, "log_records": self._log_records},
+                         self.out / "checkpoint.pt")
         self._saved_step = step
 
     def _restore(self) -> dict:
-        state = torch.load(self.out / "checkpoint.pt", map_location=self.device, weights_only=True)
+        state = load_checkpoint(self.out / "checkpoint.pt")
         self.learner.load_state_dict(state["learner"])
         # Optimizer state dicts carry their lr: apply this invocation's (e.g. a lowered --lr).
         for optimizer in self._optimizers(state["learner"]):
             for group in optimizer.param_groups:
                 group["lr"] = self.lr
-        _set_rng_state(state["rng"])
+        self.backend.load_state_dict(state.get("engine", {}))
+        rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        if self.rank < len(rng):
+            _set_rng_state(rng[self.rank])
+        if len(rng) != self.world_size and self.is_global_zero:
+            print(f"note: the checkpoint was written by {len(rng)} process(es), this run has "
+                  f"{self.world_size}: the batches are the same, their split over processes and "
+                  "the random transforms of the new processes differ from an uninterrupted run")
         self._log_records = self._truncate_log(state["log_records"])
         return state
 
@@ -493,17 +574,21 @@ class Run:
         if not log.exists():
             return 0
         keep = log.read_text().splitlines()[:records]
-        log.write_text("".join(line + "\n" for line in keep))
+        if self.is_global_zero:
+            log.write_text("".join(line + "\n" for line in keep))
         return len(keep)
 
     def _log(self, record: dict) -> None:
-        self._log_file.write(json.dumps(record) + "\n")
-        self._log_file.flush()
+        if self._log_file is not None:
+            self._log_file.write(json.dumps(record) + "\n")
+            self._log_file.flush()
         self._log_records += 1
 
     # ---- the end
     def _finish(self) -> dict:
-        best = torch.load(self.out / "best_model.pt", map_location=self.device, weights_only=True)
+        if self.world_size > 1:
+            self.fabric.barrier()  # process 0 has written best_model.pt
+        best = load_checkpoint(self.out / "best_model.pt")
         self.model.load_state_dict(best["model"])
         fold = self.cfg.fold or self.preset.dataset_kwargs.get("fold")
         replicate = replicate_name(self.cfg.dataset, fold if self.cfg.dataset == "poverty" else self.cfg.seed)
@@ -511,15 +596,17 @@ class Run:
         for split in [s for s in self.dataset.split_dict if s != "train"]:
             y_pred, y_true, meta = self.predict(split)
             results[split] = {k: float(v) for k, v in self.dataset.eval(y_pred, y_true, meta)[0].items()}
-            write_predictions(self.out / "predictions", self.cfg.dataset, split, replicate, y_pred,
-                              overwrite=True)
+            if self.is_global_zero:
+                write_predictions(self.out / "predictions", self.cfg.dataset, split, replicate,
+                                  y_pred, overwrite=True)
         summary = {"dataset": self.cfg.dataset, "algorithm": self.cfg.algorithm, "seed": self.cfg.seed,
                    "replicate": replicate, "selected_step": best["step"],
                    "selection": {"split": self.selection_split, "metric": self.selection_metric,
                                  "value": best[self.selection_metric]},
                    "metrics": results}
-        with open(self.out / "summary.json", "w") as f:
-            json.dump(summary, f, indent=2)
+        if self.is_global_zero:
+            with open(self.out / "summary.json", "w") as f:
+                json.dump(summary, f, indent=2)
         return summary
 
 
