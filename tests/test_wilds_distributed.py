@@ -267,3 +267,46 @@ def test_gradient_buckets_round_trip_and_skip_parameters_without_gradients():
     unflatten_gradients(flat * 2, buckets[0])
     assert torch.equal(a.grad.reshape(-1), flat[:6] * 2) and b.grad is None
     assert Backend().world_size == 1
+
+
+# ------------------------------------------------------------------------- fp16 gradient scaling
+def _fish_pair(init_scale):
+    """The same Fish twice: float32 (the default backend) and 16-mixed on a CPU Fabric (torch's
+    CPU autocast runs convolutions in float16, so overflow and scaling are real here)."""
+    import copy
+    import functools
+
+    from lightning.fabric import Fabric
+
+    from gradmatch.distributed import FabricBackend
+    from gradmatch.fish import Fish
+    from gradmatch.nets import SpriteCNN
+
+    torch.manual_seed(0)
+    model = SpriteCNN(2, image_size=16)
+    batches = [(torch.randn(8, 3, 16, 16), torch.randint(0, 2, (8,))) for _ in range(3)]
+    sgd = functools.partial(torch.optim.SGD, lr=0.1)
+    backend = FabricBackend(Fabric(accelerator="cpu", devices=1), "16-mixed")
+    backend.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    fp16 = Fish(model, sgd, 0.5, shuffle_domains=False, backend=backend)
+    fp32 = Fish(copy.deepcopy(model), sgd, 0.5, shuffle_domains=False)
+    return fp16, fp32, backend.scaler, batches
+
+
+def test_fp16_inner_steps_that_overflow_are_skipped_and_the_scale_backs_off():
+    fp16, _, scaler, batches = _fish_pair(init_scale=2.0 ** 40)
+    before = {k: v.clone() for k, v in fp16.model.state_dict().items()}
+    stats = fp16.step(batches)
+    assert np.isfinite(stats["loss"])
+    assert_bitwise_equal(fp16.model.state_dict(), before)  # all 3 inner steps skipped
+    assert scaler.get_scale() == 2.0 ** 40 / 2 ** 3      # halved once per skipped inner step
+
+
+def test_fp16_with_gradient_scaling_follows_float32():
+    fp16, fp32, scaler, batches = _fish_pair(init_scale=2.0 ** 8)
+    for _ in range(5):
+        l16, l32 = fp16.step(batches)["loss"], fp32.step(batches)["loss"]
+        assert abs(l16 - l32) < 5e-3 * abs(l32)
+    assert scaler.get_scale() >= 2.0 ** 8  # nothing overflowed
+    for name, value in fp32.model.state_dict().items():
+        torch.testing.assert_close(fp16.model.state_dict()[name], value, rtol=0, atol=5e-3)

@@ -30,6 +30,7 @@ from .backend import Backend, _params_of, flatten_gradients, gradient_buckets, u
 #: ``--precision`` values (Lightning's names) and their aliases
 PRECISIONS = {"32-true": "32-true", "32": "32-true", "bf16-mixed": "bf16-mixed",
               "bf16": "bf16-mixed", "16-mixed": "16-mixed", "16": "16-mixed"}
+_AUTOCAST_DTYPES = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 #: ``--strategy`` values: one process, or processes launched by Fabric with gradient averaging
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook")
 
@@ -96,12 +97,16 @@ class FabricBackend(Backend):
         self.world_size = fabric.world_size
         self.rank = fabric.global_rank
         self.precision = PRECISIONS[precision]
+        self.device = fabric.device
         self.scaler: Optional[torch.amp.GradScaler] = None
         if self.precision == "16-mixed":
-            self.scaler = torch.amp.GradScaler(fabric.device.type)
+            self.scaler = torch.amp.GradScaler(self.device.type)
 
     def autocast(self) -> ContextManager:
-        return self.fabric.autocast() if self.precision != "32-true" else nullcontext()
+        """``torch.autocast`` to bfloat16 / float16 on the run's device (what Fabric's
+        ``MixedPrecision`` plugin does), or nothing for ``32-true``."""
+        dtype = _AUTOCAST_DTYPES.get(self.precision)
+        return nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
 
     def backward(self, loss: torch.Tensor) -> None:
         (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
