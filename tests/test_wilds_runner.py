@@ -179,6 +179,19 @@ def test_domain_batch_planner_rejects_more_meta_steps_than_domains():
     DomainBatchPlanner(toy_domains(), 4, 5, seed=0)  # the empty domain does not count
 
 
+def test_each_step_draws_its_domains_uniformly_among_the_live_ones():
+    """The official draw (``np.random.choice(live, meta_steps, replace=False)``): over many
+    seeds every domain is equally likely to be in the first step, and in the first step of a
+    plan whose bigger domains outlast the others."""
+    domains = [torch.arange(10 * d, 10 * d + 8) for d in range(5)]  # 5 domains, 2 batches each
+    counts = np.zeros(5)
+    for seed in range(300):
+        first = DomainBatchPlanner(domains, 4, 2, seed=seed).plan(0)[0]
+        counts[[int(indices[0]) // 10 for indices in first]] += 1
+    # 600 draws, 120 expected per domain; a first-k-live draw gives [300, 300, 0, 0, 0]
+    assert counts.sum() == 600 and counts.min() > 85 and counts.max() < 155, counts
+
+
 @pytest.mark.parametrize("num_examples,batch_size", [(50, 8), (48, 8), (8, 8)])
 def test_pooled_batch_plan_is_a_permutation_without_the_last_incomplete_batch(num_examples, batch_size):
     planner = PooledBatchPlanner(num_examples, batch_size, seed=0)
@@ -283,6 +296,17 @@ def test_summary_is_the_eval_step_with_the_best_val_accuracy(fish_run):
     for r in evals:
         if r["step"] == first_best_step:
             assert summary["metrics"][r["split"]] == r["metrics"]
+
+
+def test_model_selection_keeps_the_first_of_equal_scores(tmp_path):
+    """A learning rate of 1e-12 leaves the predictions, hence the val scores, equal at every
+    evaluation: the earliest evaluated model is kept (a later one only if strictly better)."""
+    out = tmp_path / "run"
+    summary = train(tiny_config(out, max_steps=12, eval_every=4, lr=1e-12, meta_lr=1e-3))
+    scores = [r["metrics"]["acc_avg"] for r in read_log(out)
+              if r["kind"] == "eval" and r["split"] == "val"]
+    assert len(scores) >= 3 and len(set(scores)) == 1
+    assert summary["selected_step"] == 4
 
 
 def test_prediction_files_score_to_the_summary_metrics(fish_run):
