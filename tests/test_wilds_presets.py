@@ -14,6 +14,8 @@ from torch import nn
 
 from gradmatch import losses
 from gradmatch.wilds import presets as P
+from gradmatch.wilds.models import torchvision_checkpoint_path
+from gradmatch.wilds.transforms import BertTokenize
 
 NAMES = ("camelyon17", "fmow", "iwildcam", "poverty", "civilcomments", "amazon")
 # (in channels, outputs) of each image preset; outputs = WILDS n_classes (poverty: regression).
@@ -21,10 +23,11 @@ IMAGE_SHAPES = {"camelyon17": (3, 2), "fmow": (3, 62), "iwildcam": (3, 182), "po
 
 
 def test_presets_cover_the_six_fish_datasets_and_unknown_names_raise():
-    assert set(P.PRESETS) == set(NAMES)
+    # the six WILDS datasets, and CdSprites-N: an entry of the same table
+    assert set(P.PRESETS) == set(NAMES) | {"cdsprites"}
     for name in NAMES:
         assert P.get_preset(name) == P.PRESETS[name]
-    with pytest.raises(ValueError, match="known presets: amazon, camelyon17, civilcomments"):
+    with pytest.raises(ValueError, match="known presets: amazon, camelyon17, cdsprites, civilcomments"):
         P.get_preset("camelyon")
 
 
@@ -94,7 +97,7 @@ def test_pretrained_loads_a_planted_checkpoint(name, hub_dir):
     arch = PRETRAINED[name]
     torch.manual_seed(0)
     planted = getattr(torchvision.models, arch)().state_dict()
-    path = P.torchvision_checkpoint_path(torchvision.models.get_model_weights(arch).IMAGENET1K_V1)
+    path = torchvision_checkpoint_path(torchvision.models.get_model_weights(arch).IMAGENET1K_V1)
     os.makedirs(os.path.dirname(path))
     torch.save(planted, path)
     loaded = P.build_model(name, 3).state_dict()
@@ -161,7 +164,7 @@ def test_bert_tokenize_stacks_ids_and_mask():
         ids = torch.arange(1, max_length + 1).unsqueeze(0)
         return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
-    x = P.BertTokenize(tokenizer, 300)("a comment")
+    x = BertTokenize(tokenizer, 300)("a comment")
     assert x.shape == (300, 2) and x[4].tolist() == [5, 1]
 
 

@@ -9,8 +9,9 @@ from typing import List, Optional
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True,
-                   help="cdsprites, or a WILDS dataset with a preset: camelyon17, fmow, iwildcam, "
-                        "poverty, civilcomments, amazon")
+                   help="a dataset of the preset table (`gradmatch presets`): camelyon17, fmow, "
+                        "iwildcam, poverty, civilcomments, amazon, cdsprites, or one registered "
+                        "with gradmatch.wilds.presets.register_preset")
     p.add_argument("--algorithm", default="fish", choices=["fish", "erm"])
     p.add_argument("--out", required=True, help="run folder (must be new or empty, unless --resume)")
     p.add_argument("--root-dir", default="data", help="folder holding <dataset>_v<version>/")

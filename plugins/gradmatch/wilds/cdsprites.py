@@ -16,7 +16,6 @@ from wilds.datasets.wilds_dataset import WILDSDataset
 
 from ..cdsprites import colourise, generate_cdsprites
 from .compat import ensure_torch_scatter
-from .presets import Preset
 
 SPLITS = ("train", "id_val", "val", "test")
 
@@ -81,19 +80,3 @@ class CdSpritesNDataset(WILDSDataset):
         ensure_torch_scatter()
         return self.standard_group_eval(Accuracy(prediction_fn=prediction_fn), self._eval_grouper,
                                         y_pred, y_true, metadata)
-
-
-def cdsprites_preset(num_domains: int = 15) -> Preset:
-    """The official Fish recipe for CdSprites-N (fish:src/config.py:104-121): 5-conv CNN, inner
-    Adam (amsgrad) lr 1e-3 with its state reset every step, batch 64 per domain, all N domains
-    per step, meta_lr 0.15 / meta_steps (eps 0.01 at N = 15), 100 epochs, no ERM pre-training.
-    """
-    return Preset(
-        dataset="cdsprites", model="sprite_cnn", pretrained=False, loss="cross_entropy",
-        inner_optimizer="adam",
-        optimizer_kwargs={"lr": 1e-3, "weight_decay": 0.0, "amsgrad": True, "betas": (0.9, 0.999)},
-        batch_size=64, meta_lr=0.15, meta_steps=num_domains, erm_pretrain_iters=0, epochs=100,
-        selection_metric="acc_avg", selection_split="val", keep_last_checkpoint=False,
-        groupby_fields=("domain",), domain_scheme="combinatorial", eval_every=None,
-        reload_inner_optim=False, eval_batch_size=512, dataset_kwargs={},
-    )

@@ -24,37 +24,54 @@ import torch
 
 from .compat import apply_compat, get_wilds_dataset
 
-#: ``examples/evaluate.py:get_metrics``: the metrics reported per benchmark (first = leaderboard's).
-OFFICIAL_METRICS = {
-    "amazon": ["10th_percentile_acc", "acc_avg"],
-    "camelyon17": ["acc_avg"],
-    "civilcomments": ["acc_wg", "acc_avg"],
-    "fmow": ["acc_worst_region", "acc_avg"],
-    "iwildcam": ["F1-macro_all", "acc_avg"],
+#: ``examples/evaluate.py:get_metrics`` for the WILDS benchmarks that have no preset here (the
+#: presets carry their own, ``Preset.official_metrics``; first = the leaderboard's).
+OTHER_OFFICIAL_METRICS = {
     "ogb-molpcba": ["ap"],
-    "poverty": ["r_wg", "r_all"],
     "py150": ["acc", "Acc (Overall)"],
     "rxrx1": ["acc_avg"],
 }
-POVERTY_FOLDS = ("A", "B", "C", "D", "E")
-_NUM_SEEDS = {"camelyon17": 10, "civilcomments": 5}
 _REPLICATE = re.compile(r"seed:\d+|fold:[A-E]")
 
 
+def _preset(dataset_name: str):
+    from .presets import PRESETS
+
+    return PRESETS.get(dataset_name)
+
+
+def official_metrics(dataset_name: str) -> list[str]:
+    """The metrics ``examples/evaluate.py`` reports for ``dataset_name`` ([] if unknown)."""
+    preset = _preset(dataset_name)
+    if preset is not None:
+        return list(preset.official_metrics)
+    return list(OTHER_OFFICIAL_METRICS.get(dataset_name, []))
+
+
+def _folds(dataset_name: str):
+    """The fold names of a dataset whose replicates are folds (poverty: A-E), else None."""
+    preset = _preset(dataset_name)
+    return tuple(preset.replicates) if preset is not None and preset.replicate == "fold" else None
+
+
 def replicate_name(dataset_name: str, seed_or_fold) -> str:
-    """``'fold:X'`` for poverty (``seed_or_fold`` in A-E), else ``'seed:N'`` (``seed_or_fold`` an int)."""
-    if dataset_name == "poverty":
-        if seed_or_fold not in POVERTY_FOLDS:
-            raise ValueError(f"poverty replicates are folds {POVERTY_FOLDS}, got {seed_or_fold!r}")
+    """``'fold:X'`` for a dataset whose replicates are folds (poverty: A-E), else ``'seed:N'``
+    (``seed_or_fold`` an int)."""
+    folds = _folds(dataset_name)
+    if folds is not None:
+        if seed_or_fold not in folds:
+            raise ValueError(f"{dataset_name} replicates are folds {folds}, got {seed_or_fold!r}")
         return f"fold:{seed_or_fold}"
     return f"seed:{operator.index(seed_or_fold)}"
 
 
 def required_replicates(dataset_name: str) -> list[str]:
-    """The replicates ``examples/evaluate.py`` requires for ``dataset_name``, in its order."""
-    if dataset_name == "poverty":
-        return [f"fold:{fold}" for fold in POVERTY_FOLDS]
-    return [f"seed:{seed}" for seed in range(_NUM_SEEDS.get(dataset_name, 3))]
+    """The replicates ``examples/evaluate.py`` requires for ``dataset_name``, in its order
+    (``Preset.replicates``; seeds 0-2 for a dataset without a preset)."""
+    preset = _preset(dataset_name)
+    replicates = preset.replicates if preset is not None else (0, 1, 2)
+    kind = preset.replicate if preset is not None else "seed"
+    return [f"{kind}:{r}" for r in replicates]
 
 
 def prediction_path(preds_dir, dataset_name: str, split: str, replicate: str,
@@ -124,10 +141,10 @@ def evaluate_predictions(preds_dir, dataset_name: str = None, root_dir="data", o
     """Score ``<preds_dir>/<dataset>/`` like ``examples/evaluate.py:evaluate_benchmark``; never downloads.
 
     Either ``dataset_name`` (loaded from ``root_dir`` with download=False via
-    :func:`~gradmatch.wilds.compat.get_wilds_dataset`; poverty is loaded once per fold) or a
+    :func:`~gradmatch.wilds.compat.get_wilds_dataset`; a fold dataset such as poverty is loaded once per fold) or a
     ``dataset`` object (any ``WILDSDataset``; its ``dataset_name`` names the folder and files).
     Every split of ``split_dict`` except ``train`` is scored, for every replicate (default
-    :func:`required_replicates`), with ``metrics`` (default :data:`OFFICIAL_METRICS`; required for
+    :func:`required_replicates`), with ``metrics`` (default :func:`official_metrics`; required for
     other datasets). ``suffix`` picks ``..._<suffix>.csv`` when a folder holds several candidates.
 
     Missing files raise one ``FileNotFoundError`` listing them all, unless ``allow_partial``: then
@@ -145,16 +162,17 @@ def evaluate_predictions(preds_dir, dataset_name: str = None, root_dir="data", o
         raise ValueError(f"dataset_name {name!r} does not match dataset.dataset_name {dataset.dataset_name!r}")
     if name == "globalwheat":
         raise NotImplementedError("globalwheat predictions are .pth lists of boxes; use examples/evaluate.py")
-    if dataset is not None and name == "poverty":
-        raise ValueError("poverty is scored with one dataset per fold: pass dataset_name and root_dir")
-    metrics = list(metrics or OFFICIAL_METRICS.get(name) or [])
+    by_fold = _folds(name) is not None
+    if dataset is not None and by_fold:
+        raise ValueError(f"{name} is scored with one dataset per fold: pass dataset_name and root_dir")
+    metrics = list(metrics or official_metrics(name))
     if not metrics:
         raise ValueError(f"no official metric list for {name!r}; pass metrics=[...] (keys of dataset.eval)")
     replicates = list(replicates or required_replicates(name))
 
     apply_compat()
     if dataset is None:
-        fold = {"fold": replicates[0].split(":")[1]} if name == "poverty" else {}
+        fold = {"fold": replicates[0].split(":")[1]} if by_fold else {}
         dataset = get_wilds_dataset(name, root_dir, download=False, **fold)
     splits = [split for split in dataset.split_dict if split != "train"]
 
@@ -184,7 +202,7 @@ def evaluate_predictions(preds_dir, dataset_name: str = None, root_dir="data", o
 
     per_replicate = {split: {} for split in splits}
     for replicate in used:
-        if name == "poverty":
+        if by_fold:
             dataset = get_wilds_dataset(name, root_dir, download=False, fold=replicate.split(":")[1])
         for split in splits:
             per_replicate[split][replicate] = _score(dataset, split, files[split, replicate], metrics)

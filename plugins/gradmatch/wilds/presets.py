@@ -1,7 +1,13 @@
-"""The official Fish recipe for each WILDS dataset: hyperparameters, domains, models, transforms.
+"""The table of datasets ``gradmatch train`` knows: one :class:`Preset` per dataset, complete.
 
-Every number carries its source in the official code (YugeTen/fish 333efa2) as
-``# fish:<path>:<line>``. Deviations forced by wilds 2.0 or chosen here are marked ``# choice:``.
+A preset holds the official Fish recipe (every number carries its source in the official code,
+YugeTen/fish 333efa2, as ``# fish:<path>:<line>``; deviations forced by wilds 2.0 or chosen here
+are marked ``# choice:``) and everything the runner needs to know about the dataset, by name:
+where it comes from (``source``, :data:`SOURCES`), its network (``model``,
+:mod:`~gradmatch.wilds.models`), its input transform (``transform``,
+:mod:`~gradmatch.wilds.transforms`), its Fish domains (``groupby_fields``/``domain_scheme``,
+:mod:`~gradmatch.wilds.domains`), its leaderboard replicates and official metrics. Adding a
+dataset is adding one entry (:func:`register_preset`, also from outside the package).
 
 Nothing here downloads implicitly: pretrained weights, tokenizers and datasets must already be on
 disk unless ``allow_download=True`` is passed.
@@ -10,22 +16,16 @@ from __future__ import annotations
 
 import copy
 import functools
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
-from urllib.parse import urlparse
 
 import torch
-import torchvision
 from torch import nn
-from torchvision import transforms
 
 from .. import losses
-
-HF_MODEL_ID = "distilbert-base-uncased"  # fish:src/models/amazon.py:57, civil.py:57
-IMAGENET_MEAN = (0.485, 0.456, 0.406)  # fish:src/models/camelyon.py:36
-IMAGENET_STD = (0.229, 0.224, 0.225)  # fish:src/models/camelyon.py:37
-TEXT_EXTRA_HINT = "pip install gradmatch-adios[text]"
+from .domains import fish_domains as _fish_domains
+from .models import HF_MODEL_ID, MODELS, MissingPretrainedWeights  # noqa: F401 (re-exported)
+from .transforms import TRANSFORMS
 
 # CivilComments identity attributes, in wilds 2.0 metadata order (civilcomments_dataset.py:94-103).
 CIVIL_IDENTITY_FIELDS = (
@@ -49,6 +49,14 @@ class Preset:
     ``"identity_x_y"`` (CivilComments) makes ``groupby_fields[:-1]`` binary identity fields and
     ``groupby_fields[-1]`` the label: domains are {no identity, identity 1, ..., identity k} x y,
     overlapping where a comment mentions several identities (the official 18 groups).
+    ``meta_steps=None`` visits every domain in each Fish step.
+
+    The dataset itself: ``source`` names its loader in :data:`SOURCES` (``"wilds"``:
+    ``wilds.get_dataset`` from disk); ``model`` and ``transform`` name entries of
+    :data:`~gradmatch.wilds.models.MODELS` and :data:`~gradmatch.wilds.transforms.TRANSFORMS`;
+    ``replicate`` is ``"seed"`` or ``"fold"`` (the leaderboard replicate a run is, named
+    ``seed:N`` or ``fold:X``), ``replicates`` lists those ``examples/evaluate.py`` requires, and
+    ``official_metrics`` the metrics it reports (first = the leaderboard's).
     """
 
     dataset: str
@@ -59,7 +67,7 @@ class Preset:
     optimizer_kwargs: Dict[str, Any] = field(hash=False)
     batch_size: int
     meta_lr: float
-    meta_steps: int
+    meta_steps: Optional[int]
     erm_pretrain_iters: int
     epochs: int
     selection_metric: str
@@ -72,11 +80,17 @@ class Preset:
     eval_batch_size: int
     dataset_kwargs: Dict[str, Any] = field(hash=False)
     max_token_length: Optional[int] = None
+    transform: str = "none"
+    source: str = "wilds"
+    replicate: str = "seed"
+    replicates: Tuple[Any, ...] = (0, 1, 2)
+    official_metrics: Tuple[str, ...] = ()
 
     @property
-    def meta_step_size(self) -> float:
-        """The official meta step ``eps = meta_lr / meta_steps`` (fish:src/main.py:179)."""
-        return self.meta_lr / self.meta_steps
+    def meta_step_size(self) -> Optional[float]:
+        """The official meta step ``eps = meta_lr / meta_steps`` (fish:src/main.py:179); None
+        when ``meta_steps`` is "every domain" (it depends on the data)."""
+        return None if self.meta_steps is None else self.meta_lr / self.meta_steps
 
 
 def _adam(lr: float) -> Dict[str, Any]:
@@ -106,6 +120,9 @@ PRESETS: Dict[str, Preset] = {
         reload_inner_optim=True,  # fish:src/config.py:33
         eval_batch_size=32,  # fish:src/models/camelyon.py:56 (= train batch size)
         dataset_kwargs={},  # fish:src/models/camelyon.py:32 (defaults; same v1.0 data in wilds 2.0)
+        transform="imagenet_224",  # fish:src/models/camelyon.py:34-38 (96 -> 224 px)
+        replicates=tuple(range(10)),  # wilds examples/evaluate.py: camelyon17 seeds 0-9
+        official_metrics=("acc_avg",),  # wilds examples/evaluate.py:get_metrics
     ),
     "fmow": Preset(
         dataset="fmow",
@@ -130,6 +147,8 @@ PRESETS: Dict[str, Preset] = {
         # choice: OOD val (wilds 2.0 default, leaderboard rule); wilds 1.1 used the ID val here.
         # It only changes what is logged: FMoW keeps the last checkpoint.
         dataset_kwargs={"use_ood_val": True},
+        transform="imagenet",  # fish:src/models/fmow.py:34-37 (224 px as stored)
+        official_metrics=("acc_worst_region", "acc_avg"),  # wilds examples/evaluate.py:get_metrics
     ),
     "iwildcam": Preset(
         dataset="iwildcam",
@@ -152,6 +171,8 @@ PRESETS: Dict[str, Preset] = {
         reload_inner_optim=True,  # fish:src/config.py:67
         eval_batch_size=256,  # fish:src/models/iwildcam.py:56
         dataset_kwargs={},  # fish:src/models/iwildcam.py:32 (v2.0 data in both wilds 1.1 and 2.0)
+        transform="imagenet_224",  # fish:src/models/iwildcam.py:35-39
+        official_metrics=("F1-macro_all", "acc_avg"),  # wilds examples/evaluate.py:get_metrics
     ),
     "poverty": Preset(
         dataset="poverty",
@@ -177,6 +198,10 @@ PRESETS: Dict[str, Preset] = {
         # is split_scheme="official" (= "countries"). The official code always trains fold A; the
         # WILDS replicates are folds A-E, so a runner overrides "fold" per replicate.
         dataset_kwargs={"split_scheme": "official", "fold": "A", "no_nl": False, "use_ood_val": True},
+        transform="poverty",  # fish:src/models/poverty.py:19-22 (see transforms.PovertyAugment)
+        replicate="fold",
+        replicates=("A", "B", "C", "D", "E"),  # wilds examples/evaluate.py: poverty folds A-E
+        official_metrics=("r_wg", "r_all"),  # wilds examples/evaluate.py:get_metrics
     ),
     "civilcomments": Preset(
         dataset="civilcomments",
@@ -202,6 +227,9 @@ PRESETS: Dict[str, Preset] = {
         eval_batch_size=256,  # fish:src/models/civil.py:86
         dataset_kwargs={},  # fish:src/models/civil.py:68 (defaults; v1.0 data in wilds 1.1 and 2.0)
         max_token_length=300,  # fish:src/models/civil.py:17
+        transform="bert",
+        replicates=tuple(range(5)),  # wilds examples/evaluate.py: civilcomments seeds 0-4
+        official_metrics=("acc_wg", "acc_avg"),  # wilds examples/evaluate.py:get_metrics
     ),
     "amazon": Preset(
         dataset="amazon",
@@ -227,47 +255,135 @@ PRESETS: Dict[str, Preset] = {
         # reachable with dataset_kwargs={"version": "2.0"}.
         dataset_kwargs={},
         max_token_length=512,  # fish:src/models/amazon.py:17
+        transform="bert",
+        official_metrics=("10th_percentile_acc", "acc_avg"),  # wilds examples/evaluate.py:get_metrics
+    ),
+    # CdSprites-N, generated (gradmatch.wilds.cdsprites). Every value: the official recipe,
+    # fish:src/config.py:104-121: inner Adam (amsgrad) lr 1e-3 with its state reset every step,
+    # batch 64 per domain, all N domains per step, meta_lr 0.15 / N (eps 0.01 at N = 15).
+    "cdsprites": Preset(
+        dataset="cdsprites",
+        model="sprite_cnn",  # the official 5-conv CNN shape (gradmatch.nets.SpriteCNN)
+        pretrained=False,
+        loss="cross_entropy",
+        inner_optimizer="adam",
+        optimizer_kwargs=_adam(1e-3),
+        batch_size=64,
+        meta_lr=0.15,
+        meta_steps=None,  # N: every domain
+        erm_pretrain_iters=0,
+        epochs=100,
+        selection_metric="acc_avg",
+        selection_split="val",
+        keep_last_checkpoint=False,
+        groupby_fields=("domain",),
+        domain_scheme="combinatorial",
+        eval_every=None,
+        reload_inner_optim=False,  # the inner Adam state is reset every step
+        eval_batch_size=512,
+        dataset_kwargs={},
+        source="cdsprites",
+        official_metrics=("acc_avg",),
     ),
 }
 
 
 def get_preset(name: Union[str, Preset]) -> Preset:
-    """The preset for WILDS dataset ``name`` (a private copy); a :class:`Preset` is passed through."""
+    """The preset for dataset ``name`` (a private copy); a :class:`Preset` is passed through."""
     if isinstance(name, Preset):
         return name
     if name not in PRESETS:
-        raise ValueError(f"unknown WILDS preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
+        raise ValueError(f"unknown dataset preset {name!r}; known presets: {', '.join(sorted(PRESETS))}")
     return copy.deepcopy(PRESETS[name])
 
 
-# --------------------------------------------------------------------------- domains
+def register_preset(preset: Preset, replace: bool = False) -> None:
+    """Add a dataset to the table (``gradmatch train --dataset <preset.dataset>``). Its
+    ``source``, ``model`` and ``transform`` must name registered entries
+    (:func:`register_source`, :func:`gradmatch.wilds.models.register_model`,
+    :func:`gradmatch.wilds.transforms.register_transform`)."""
+    for what, name, table in (("source", preset.source, SOURCES), ("model", preset.model, MODELS),
+                              ("transform", preset.transform, TRANSFORMS)):
+        if name not in table:
+            raise ValueError(f"preset {preset.dataset!r}: unknown {what} {name!r}; register it "
+                             f"first (known: {', '.join(sorted(table))})")
+    if preset.replicate not in ("seed", "fold"):
+        raise ValueError(f"preset {preset.dataset!r}: replicate must be 'seed' or 'fold'")
+    if preset.dataset in PRESETS and not replace:
+        raise ValueError(f"a preset named {preset.dataset!r} exists; pass replace=True")
+    PRESETS[preset.dataset] = preset
+
+
+# --------------------------------------------------------------------------- the dataset
+
+
+def _wilds_source(preset: Preset, root_dir: str, download: bool, seed: int, **kwargs):
+    from .compat import get_wilds_dataset
+
+    return get_wilds_dataset(preset.dataset, root_dir=root_dir, download=download, **kwargs)
+
+
+def _cdsprites_source(preset: Preset, root_dir: str, download: bool, seed: int, **kwargs):
+    from .cdsprites import CdSpritesNDataset
+
+    return CdSpritesNDataset(seed=seed, **kwargs)
+
+
+#: name -> ``loader(preset, root_dir, download, seed, **dataset_kwargs) -> WILDSDataset``
+SOURCES: Dict[str, Callable[..., Any]] = {"wilds": _wilds_source, "cdsprites": _cdsprites_source}
+
+
+def register_source(name: str, loader: Callable[..., Any]) -> None:
+    """Make ``loader`` the dataset loader of any preset whose ``source`` is ``name``."""
+    SOURCES[name] = loader
+
+
+def load_dataset(preset: Union[str, Preset], root_dir: str = "data", download: bool = False,
+                 seed: int = 0, replicate: Any = None, **dataset_kwargs: Any):
+    """The preset's full dataset: ``preset.dataset_kwargs`` updated by ``dataset_kwargs``; a
+    fold replicate (``replicate="fold"``) passes ``fold=replicate`` when given."""
+    preset = get_preset(preset)
+    kwargs = {**preset.dataset_kwargs, **dataset_kwargs}
+    if preset.replicate == "fold" and replicate is not None:
+        kwargs["fold"] = replicate
+    return SOURCES[preset.source](preset, root_dir, download, seed, **kwargs)
+
+
+def replicate_of(preset: Union[str, Preset], seed: int, fold: Optional[str] = None) -> Any:
+    """The leaderboard replicate a run is: its seed, or its fold (``fold`` else the preset's)."""
+    preset = get_preset(preset)
+    if preset.replicate == "fold":
+        return fold or preset.dataset_kwargs.get("fold")
+    return seed
 
 
 def fish_domains(preset: Union[str, Preset], metadata_array: torch.Tensor,
                  metadata_fields: Sequence[str]) -> List[torch.Tensor]:
-    """Row indices (into ``metadata_array``, shape ``(N, F)``) of every non-empty Fish domain.
+    """The preset's Fish domains (see :func:`gradmatch.wilds.domains.fish_domains`)."""
+    return _fish_domains(get_preset(preset), metadata_array, metadata_fields)
 
-    ``metadata_fields`` names the ``F`` columns (``dataset.metadata_fields``); columns are looked
-    up by name, never by position. Order is deterministic: sorted value tuples for
-    ``"combinatorial"``; (none, identity 1, ..., identity k) each split into ascending y for
-    ``"identity_x_y"``.
+
+def build_model(preset_or_name: Union[str, Preset], num_outputs: int, pretrained: Optional[bool] = None,
+                allow_download: bool = False, dataset: Any = None) -> nn.Module:
+    """The preset's network mapping a batch of its inputs to logits (B, num_outputs).
+
+    ``num_outputs``: classes (``dataset.n_classes``), 1 for Poverty's regression.
+    ``pretrained``: None = the official choice (``preset.pretrained``). Pretrained weights are
+    read from the torch hub / Hugging Face cache only, unless ``allow_download``; a missing file
+    raises :class:`MissingPretrainedWeights` naming where it belongs. ``dataset``: for models
+    whose shape follows the data (CdSprites' image size).
     """
-    preset = get_preset(preset)
-    missing = [f for f in preset.groupby_fields if f not in metadata_fields]
-    if missing:
-        raise ValueError(
-            f"{preset.dataset}: metadata has no field(s) {missing}; it has {list(metadata_fields)}")
-    cols = [list(metadata_fields).index(f) for f in preset.groupby_fields]
-    if preset.domain_scheme == "combinatorial":
-        _, inverse, counts = torch.unique(metadata_array[:, cols], dim=0, return_inverse=True,
-                                          return_counts=True)
-        return list(torch.argsort(inverse, stable=True).split(counts.tolist()))
-    if preset.domain_scheme == "identity_x_y":
-        identities, y = metadata_array[:, cols[:-1]] == 1, metadata_array[:, cols[-1]]
-        groups = [~identities.any(dim=1)] + list(identities.unbind(dim=1))
-        masks = [g & (y == label) for g in groups for label in torch.unique(y)]
-        return [m.nonzero().squeeze(1) for m in masks if m.any()]
-    raise ValueError(f"unknown domain_scheme {preset.domain_scheme!r}")
+    preset = get_preset(preset_or_name)
+    use_pretrained = preset.pretrained if pretrained is None else pretrained
+    return MODELS[preset.model](num_outputs, use_pretrained, allow_download, dataset=dataset)
+
+
+def build_transform(preset_or_name: Union[str, Preset], train: bool,
+                    allow_download: bool = False) -> Optional[Callable]:
+    """The ``transform`` for ``dataset.get_subset(split, transform=...)`` (applied to x only;
+    None: the dataset's own tensors), :data:`~gradmatch.wilds.transforms.TRANSFORMS`."""
+    preset = get_preset(preset_or_name)
+    return TRANSFORMS[preset.transform](preset, train, allow_download)
 
 
 # --------------------------------------------------------------------------- losses, optimizers
@@ -295,211 +411,3 @@ def inner_optimizer_factory(preset: Union[str, Preset], **overrides: Any) -> fun
     return functools.partial(_OPTIMIZERS[preset.inner_optimizer], **{**preset.optimizer_kwargs, **overrides})
 
 
-# --------------------------------------------------------------------------- models
-
-
-class MissingPretrainedWeights(FileNotFoundError):
-    """Pretrained weights (or a tokenizer) are not on disk and downloading was not allowed."""
-
-
-def _import_transformers():
-    """``transformers``, or an ImportError naming the optional extra that installs it."""
-    try:
-        import transformers
-    except ImportError as e:
-        raise ImportError(
-            "the DistilBERT presets (amazon, civilcomments) need Hugging Face transformers: "
-            + TEXT_EXTRA_HINT
-        ) from e
-    return transformers
-
-
-def _hf_cache_dir() -> str:
-    """The Hugging Face hub cache that ``from_pretrained`` reads (``HF_HUB_CACHE``/``HF_HOME``)."""
-    from huggingface_hub import constants
-
-    return constants.HF_HUB_CACHE
-
-
-def torchvision_checkpoint_path(weights: torchvision.models.WeightsEnum) -> str:
-    """Where torchvision looks for ``weights`` before downloading: ``<hub dir>/checkpoints/<file>``."""
-    return os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(urlparse(weights.url).path))
-
-
-def _imagenet_backbone(arch: str, pretrained: bool, allow_download: bool) -> nn.Module:
-    """torchvision ``arch`` with its 1000-class head, ImageNet-1k V1 weights if ``pretrained``.
-
-    V1 is what the official ``pretrained=True`` loads.
-    """
-    builder = getattr(torchvision.models, arch)
-    if not pretrained:
-        return builder(weights=None)
-    weights = torchvision.models.get_model_weights(arch).IMAGENET1K_V1
-    path = torchvision_checkpoint_path(weights)
-    if not (allow_download or os.path.isfile(path)):
-        raise MissingPretrainedWeights(
-            f"ImageNet weights for {arch} are not in the torch hub cache: expected {path} "
-            f"(from {weights.url}). Put the file there, or pass --no-pretrained to train from "
-            "scratch, or --download to let torchvision fetch it."
-        )
-    return builder(weights=weights)
-
-
-def _densenet121(num_outputs: int, pretrained: bool, allow_download: bool) -> nn.Module:
-    """DenseNet-121 with a fresh ``Linear(1024, num_outputs)`` head; (B, 3, H, W) -> (B, num_outputs)."""
-    net = _imagenet_backbone("densenet121", pretrained, allow_download)
-    net.classifier = nn.Linear(net.classifier.in_features, num_outputs)  # fish:src/models/fmow.py:23
-    return net
-
-
-def _resnet50(num_outputs: int, pretrained: bool, allow_download: bool) -> nn.Module:
-    """ResNet-50 with a fresh ``Linear(2048, num_outputs)`` head; (B, 3, H, W) -> (B, num_outputs)."""
-    net = _imagenet_backbone("resnet50", pretrained, allow_download)
-    net.fc = nn.Linear(net.fc.in_features, num_outputs)  # fish:src/models/iwildcam.py:22
-    return net
-
-
-def _resnet18_ms(num_outputs: int, pretrained: bool, allow_download: bool) -> nn.Module:
-    """ResNet-18 with an 8-band stem (Poverty: 7 Landsat bands + nightlights), from scratch.
-
-    (B, 8, H, W) -> (B, num_outputs). Same layout and init as fish:src/models/resnet_multispectral.py.
-    """
-    if pretrained:
-        raise ValueError(
-            "resnet18_ms has no pretrained weights; the official Poverty model trains from scratch")
-    net = torchvision.models.resnet18(weights=None, num_classes=num_outputs)
-    net.conv1 = nn.Conv2d(8, 64, kernel_size=7, stride=2, padding=3, bias=False)
-    nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
-    return net
-
-
-class DistilBertClassifier(nn.Module):
-    """Hugging Face DistilBERT sequence classifier on WILDS text tensors.
-
-    Input ``x``: (B, L, 2) integer tensor, ``x[..., 0]`` token ids and ``x[..., 1]`` the
-    attention mask (what :func:`build_transform` produces). Output: logits (B, num_labels).
-    """
-
-    def __init__(self, hf_model: nn.Module):
-        super().__init__()
-        self.model = hf_model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(input_ids=x[..., 0], attention_mask=x[..., 1]).logits
-
-
-def _distilbert(num_outputs: int, pretrained: bool, allow_download: bool) -> nn.Module:
-    """``distilbert-base-uncased`` classifier (random init from its default config if not pretrained)."""
-    transformers = _import_transformers()
-    if not pretrained:
-        config = transformers.DistilBertConfig(num_labels=num_outputs)
-        return DistilBertClassifier(transformers.DistilBertForSequenceClassification(config))
-    try:
-        hf = transformers.DistilBertForSequenceClassification.from_pretrained(
-            HF_MODEL_ID, num_labels=num_outputs, local_files_only=not allow_download)
-    except OSError as e:
-        raise MissingPretrainedWeights(
-            f"{HF_MODEL_ID} weights are not in the Hugging Face cache ({_hf_cache_dir()}). Put them "
-            "there, or pass --no-pretrained to train from scratch, or --download to fetch them."
-        ) from e
-    return DistilBertClassifier(hf)
-
-
-MODELS: Dict[str, Callable[[int, bool, bool], nn.Module]] = {
-    "densenet121": _densenet121,
-    "resnet50": _resnet50,
-    "resnet18_ms": _resnet18_ms,
-    HF_MODEL_ID: _distilbert,
-}
-
-
-def build_model(preset_or_name: Union[str, Preset], num_outputs: int, pretrained: Optional[bool] = None,
-                allow_download: bool = False) -> nn.Module:
-    """The preset's network mapping a batch of WILDS inputs to logits (B, num_outputs).
-
-    ``num_outputs``: classes (``dataset.n_classes``), 1 for Poverty's regression.
-    ``pretrained``: None = the official choice (``preset.pretrained``). Pretrained weights are
-    read from the torch hub / Hugging Face cache only, unless ``allow_download``; a missing file
-    raises :class:`MissingPretrainedWeights` naming where it belongs.
-    """
-    preset = get_preset(preset_or_name)
-    use_pretrained = preset.pretrained if pretrained is None else pretrained
-    return MODELS[preset.model](num_outputs, use_pretrained, allow_download)
-
-
-# --------------------------------------------------------------------------- transforms
-
-
-class PovertyAugment:
-    """Poverty train-time augmentation of a normalised (8, H, W) image (bands B,G,R,SWIR1,SWIR2,TEMP1,NIR,NL).
-
-    Random horizontal and vertical flips of all bands, then ColorJitter(0.8, 0.8, 0.8, 0.1)
-    (fish:src/models/poverty.py:19-22) of the RGB bands in reflectance units: un-normalised with
-    the dataset's band statistics, clipped to [0, 1], jittered, normalised back.
-
-    choice: the official transform (copied from wilds 1.1) flips only the RGB bands and passes the
-    normalised floats through ``ToPILImage`` (``x * 255`` cast to uint8, so negative values wrap),
-    and it is applied to val/test too (fish:src/models/poverty.py:62). Here all bands flip together,
-    RGB is jittered in reflectance units, and evaluation sees unaugmented images.
-    """
-
-    def __init__(self):
-        from wilds.datasets.poverty_dataset import _MEANS_2009_17, _STD_DEVS_2009_17
-
-        rgb = ("RED", "GREEN", "BLUE")
-        self.mean = torch.tensor([_MEANS_2009_17[b] for b in rgb]).view(3, 1, 1)
-        self.std = torch.tensor([_STD_DEVS_2009_17[b] for b in rgb]).view(3, 1, 1)
-        self.flip = transforms.Compose([transforms.RandomHorizontalFlip(), transforms.RandomVerticalFlip()])
-        self.jitter = transforms.ColorJitter(brightness=0.8, contrast=0.8, saturation=0.8, hue=0.1)
-
-    def __call__(self, img: torch.Tensor) -> torch.Tensor:
-        img = self.flip(img).clone()
-        rgb = (img[[2, 1, 0]] * self.std + self.mean).clamp(0, 1)  # stored BGR -> RGB reflectance
-        img[[2, 1, 0]] = (self.jitter(rgb) - self.mean) / self.std
-        return img
-
-
-class BertTokenize:
-    """text -> (max_length, 2) long tensor of [token ids, attention mask], padded and truncated."""
-
-    def __init__(self, tokenizer: Any, max_length: int):
-        self.tokenizer, self.max_length = tokenizer, max_length
-
-    def __call__(self, text: str) -> torch.Tensor:
-        tokens = self.tokenizer(text, padding="max_length", truncation=True,
-                                max_length=self.max_length, return_tensors="pt")
-        return torch.stack((tokens["input_ids"], tokens["attention_mask"]), dim=2).squeeze(0)
-
-
-def _imagenet_image(resize: bool) -> transforms.Compose:
-    """PIL RGB image -> ImageNet-normalised (3, H, W) float tensor; (3, 224, 224) if ``resize``."""
-    steps = [transforms.Resize((224, 224))] if resize else []
-    normalise = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-    return transforms.Compose(steps + [transforms.ToTensor(), normalise])
-
-
-def build_transform(preset_or_name: Union[str, Preset], train: bool,
-                    allow_download: bool = False) -> Callable:
-    """The ``transform`` for ``dataset.get_subset(split, transform=...)`` (applied to x only).
-
-    camelyon17: 96 px -> 224 px (fish:src/models/camelyon.py:34); iwildcam: -> 224 px
-    (fish:src/models/iwildcam.py:35); fmow: 224 px as stored (fish:src/models/fmow.py:34-37);
-    all three ImageNet-normalised, no augmentation. poverty: the input is already a normalised
-    tensor; :class:`PovertyAugment` when ``train``, else unchanged. Text: :class:`BertTokenize`
-    with ``preset.max_token_length`` (tokenizer from the HF cache unless ``allow_download``).
-    """
-    preset = get_preset(preset_or_name)
-    if preset.model == HF_MODEL_ID:
-        transformers = _import_transformers()
-        try:
-            tokenizer = transformers.DistilBertTokenizerFast.from_pretrained(
-                HF_MODEL_ID, local_files_only=not allow_download)
-        except OSError as e:
-            raise MissingPretrainedWeights(
-                f"the {HF_MODEL_ID} tokenizer is not in the Hugging Face cache ({_hf_cache_dir()}); "
-                "it is needed even with --no-pretrained. Put it there, or pass --download to fetch it."
-            ) from e
-        return BertTokenize(tokenizer, preset.max_token_length)
-    if preset.dataset == "poverty":
-        return PovertyAugment() if train else transforms.Compose([])
-    return _imagenet_image(resize=preset.dataset in ("camelyon17", "iwildcam"))

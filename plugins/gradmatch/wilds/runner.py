@@ -45,7 +45,7 @@ from .. import distributed as D
 from ..erm import ERM
 from ..fish import Fish
 from . import presets as P
-from .compat import apply_compat, get_wilds_dataset
+from .compat import apply_compat
 from .predictions import replicate_name, write_predictions
 from .samplers import DomainBatchPlanner, PooledBatchPlanner
 
@@ -130,19 +130,6 @@ RESUME_KEYS = ("dataset", "algorithm", "seed", "fold", "frac", "dataset_kwargs")
 
 
 # ---------------------------------------------------------------------------------------- setup
-def load_dataset(cfg: RunConfig):
-    """The full WILDS dataset object for ``cfg`` (CdSprites-N is generated, others read from disk)."""
-    if cfg.dataset == "cdsprites":
-        from .cdsprites import CdSpritesNDataset
-
-        return CdSpritesNDataset(seed=cfg.seed, **cfg.dataset_kwargs)
-    preset = P.get_preset(cfg.dataset)
-    kwargs = {**preset.dataset_kwargs, **cfg.dataset_kwargs}
-    if cfg.fold is not None:
-        kwargs["fold"] = cfg.fold
-    return get_wilds_dataset(cfg.dataset, root_dir=cfg.root_dir, download=cfg.download, **kwargs)
-
-
 def logits_to_prediction(loss: str, logits: torch.Tensor) -> torch.Tensor:
     """What ``dataset.eval`` and the prediction files take: class ids, or raw values for regression."""
     if loss == "cross_entropy":
@@ -226,7 +213,8 @@ class Run:
         apply_compat()
         self.device = self.fabric.device
         self._seed_everything(cfg.seed)  # the same on every process: identical initial weights
-        self.dataset = load_dataset(cfg)
+        self.dataset = P.load_dataset(self.preset, cfg.root_dir, cfg.download, cfg.seed,
+                                      replicate=cfg.fold, **cfg.dataset_kwargs)
         self._build()
         if self.rank > 0:  # different random transforms on each process from here on
             self._seed_everything(cfg.seed + 7919 * self.rank)
@@ -247,14 +235,13 @@ class Run:
 
     # ---- configuration
     def _preset(self) -> "P.Preset":
-        if self.cfg.dataset == "cdsprites":
-            from .cdsprites import cdsprites_preset
-
-            return cdsprites_preset(self.cfg.dataset_kwargs.get("num_domains", 15))
         if self.cfg.dataset not in P.PRESETS:
-            raise ValueError(f"unknown --dataset {self.cfg.dataset!r}; known: cdsprites, "
+            raise ValueError(f"unknown --dataset {self.cfg.dataset!r}; known: "
                              f"{', '.join(sorted(P.PRESETS))}")
-        return P.get_preset(self.cfg.dataset)
+        preset = P.get_preset(self.cfg.dataset)
+        if self.cfg.fold is not None and preset.replicate != "fold":
+            raise ValueError(f"--fold: {self.cfg.dataset} replicates are seeds (--seed), not folds")
+        return preset
 
     def _check_out_dir(self) -> None:
         ckpt, summary = self.out / "checkpoint.pt", self.out / "summary.json"
@@ -320,8 +307,8 @@ class Run:
         batch_size = self.setting("batch_size")
         self.pooled = PooledBatchPlanner(len(self.train_set), batch_size, cfg.seed)
         if cfg.algorithm == "fish":
-            meta_steps = self.setting("meta_steps")
             domains = P.fish_domains(self.preset, self.train_set.metadata_array, ds.metadata_fields)
+            meta_steps = self.setting("meta_steps") or sum(len(d) > 0 for d in domains)
             self.per_domain = DomainBatchPlanner(domains, batch_size, meta_steps, cfg.seed)
             reset = (not self.preset.reload_inner_optim if cfg.reset_inner_optimizer is None
                      else cfg.reset_inner_optimizer)
@@ -352,16 +339,10 @@ class Run:
         return overrides
 
     def _model(self, num_outputs: int):
-        if self.cfg.dataset == "cdsprites":
-            from ..nets import SpriteCNN
-
-            return SpriteCNN(num_outputs, image_size=self.dataset.image_size)
         return P.build_model(self.preset, num_outputs, pretrained=self.cfg.pretrained,
-                             allow_download=self.cfg.download)
+                             allow_download=self.cfg.download, dataset=self.dataset)
 
     def _transform(self, train: bool):
-        if self.cfg.dataset == "cdsprites":
-            return None
         return P.build_transform(self.preset, train=train, allow_download=self.cfg.download)
 
     # ---- schedule
@@ -396,7 +377,7 @@ class Run:
                     if phase == "warmup":
                         steps = steps[:self.learner.erm_warmup_steps - step]
                     steps = [[D.shard(i, self.rank, self.world_size) for i in s] for s in steps]
-                    for indices, batch in zip(steps, self._loader(steps)):
+                    for indices, batch in zip(steps, self._loader(steps, epoch, pos)):
                         t0 = time.perf_counter()
                         batch = _to_device(batch, self.device)
                         sizes = [len(i) for i in indices]
@@ -461,10 +442,16 @@ class Run:
         warm = self.learner.erm_warmup_steps if self.cfg.algorithm == "fish" else 0
         return warm + self.epochs * len(planner.plan(0))
 
-    def _loader(self, steps):
+    def _loader(self, steps, epoch: int, pos: int):
+        """The batches of ``steps``. The loader draws its base seed from its own generator,
+        seeded by (seed, epoch, position, rank), not from the global RNG: creating it where a
+        resumed run does (mid-epoch) must not shift the random draws of the transforms, which
+        (with ``num_workers=0``) come from the global RNG that checkpoints save and restore."""
         flat = [np.concatenate(s).tolist() for s in steps]
+        seed = np.random.default_rng([self.cfg.seed, epoch, pos, self.rank]).integers(2 ** 62)
         return DataLoader(self.train_set, batch_sampler=flat, num_workers=self.cfg.num_workers,
-                          collate_fn=self.dataset.collate, pin_memory=self.device.type == "cuda")
+                          collate_fn=self.dataset.collate, pin_memory=self.device.type == "cuda",
+                          generator=torch.Generator().manual_seed(int(seed)))
 
     # ---- evaluation and selection
     @torch.no_grad()
@@ -590,8 +577,8 @@ class Run:
             self.fabric.barrier()  # process 0 has written best_model.pt
         best = load_checkpoint(self.out / "best_model.pt")
         self.model.load_state_dict(best["model"])
-        fold = self.cfg.fold or self.preset.dataset_kwargs.get("fold")
-        replicate = replicate_name(self.cfg.dataset, fold if self.cfg.dataset == "poverty" else self.cfg.seed)
+        replicate = replicate_name(self.cfg.dataset,
+                                   P.replicate_of(self.preset, self.cfg.seed, self.cfg.fold))
         results = {}
         for split in [s for s in self.dataset.split_dict if s != "train"]:
             y_pred, y_true, meta = self.predict(split)
