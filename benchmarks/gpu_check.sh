@@ -9,7 +9,7 @@
 # Needs python3 with torch (CUDA), lightning, wilds, matplotlib and this package importable
 # (pip install -e ".[solo]"; or PYTHONPATH=plugins). Packages that the machine lacks can be
 # installed from wheels in .whl/ (pip install --no-index --target /tmp/site .whl/*.whl). A solo-learn
-# checkout is found via $SOLO_LEARN_DIR or ~/.cache/gradmatch/upstream/solo-learn; without one
+# checkout is found via $SOLO_LEARN_DIR or ~/.cache/gradmatch-adios/upstream/solo-learn; without one
 # the ADIOS parts are skipped and say so. Every step writes to RESULTS_DIR and a failing step
 # does not stop the others; the exit code is the number of failed steps.
 set -uo pipefail

@@ -27,9 +27,23 @@ def test_where_prints_the_configured_checkout(tmp_path, monkeypatch, capsys):
 def test_default_folder_is_the_shared_cache(monkeypatch, tmp_path):
     monkeypatch.delenv("SOLO_LEARN_DIR", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert locate.SOLO_LEARN.default_dir() == tmp_path / "gradmatch" / "upstream" / "solo-learn"
+    assert locate.SOLO_LEARN.default_dir() == tmp_path / "gradmatch-adios" / "upstream" / "solo-learn"
     with pytest.raises(locate.SoloLearnNotFound, match=r"\(\$SOLO_LEARN_DIR is not set\)"):
         locate.find_checkout()
+
+
+def test_a_checkout_in_the_older_cache_folder_is_still_found(monkeypatch, tmp_path):
+    monkeypatch.delenv("SOLO_LEARN_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    legacy = tmp_path / "gradmatch" / "upstream" / "solo-learn"
+    (legacy / "solo" / "methods").mkdir(parents=True)
+    (legacy / "solo" / "methods" / "base.py").write_text("")
+    assert locate.SOLO_LEARN.legacy_dir() == legacy
+    assert locate.find_checkout() == legacy.resolve()
+    new = locate.SOLO_LEARN.default_dir()  # the new folder wins when both hold a checkout
+    (new / "solo" / "methods").mkdir(parents=True)
+    (new / "solo" / "methods" / "base.py").write_text("")
+    assert locate.find_checkout() == new.resolve()
 
 
 def test_clone_failure_is_reported_and_cleaned_up(tmp_path):

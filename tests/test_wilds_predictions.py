@@ -2,7 +2,7 @@
 
 Datasets are real WILDS classes on fabricated files (helpers from test_wilds_compat.py). The last
 test runs the official ``examples/evaluate.py`` from a WILDS source checkout, found through
-``$WILDS_DIR`` or ``~/.cache/gradmatch/upstream/wilds``.
+``$WILDS_DIR``, ``~/.cache/gradmatch-adios/upstream/wilds`` or ``~/.cache/gradmatch/upstream/wilds``.
 """
 import json
 import os
@@ -227,12 +227,13 @@ def test_non_benchmark_dataset_object_with_custom_metrics(tmp_path):
 
 
 def _wilds_checkout():
-    candidates = [os.environ.get("WILDS_DIR"), Path.home() / ".cache/gradmatch/upstream/wilds"]
+    candidates = [os.environ.get("WILDS_DIR"), Path.home() / ".cache/gradmatch-adios/upstream/wilds",
+                  Path.home() / ".cache/gradmatch/upstream/wilds"]
     return next((Path(c) for c in candidates if c and (Path(c) / "examples/evaluate.py").is_file()), None)
 
 
 @pytest.mark.skipif(_wilds_checkout() is None, reason="no WILDS source checkout with examples/evaluate.py "
-                    "in $WILDS_DIR or ~/.cache/gradmatch/upstream/wilds")
+                    "in $WILDS_DIR or ~/.cache/gradmatch-adios/upstream/wilds")
 def test_official_evaluate_py_reads_our_files_and_agrees(tmp_path):
     makers = {"camelyon17": make_camelyon17, "civilcomments": make_civilcomments, "poverty": make_poverty}
     root, preds, official = tmp_path / "data", tmp_path / "preds", tmp_path / "official"

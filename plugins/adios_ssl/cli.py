@@ -17,7 +17,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     solo_sub = solo.add_subparsers(dest="solo_command", required=True)
     solo_sub.add_parser("where", help="print the solo-learn checkout the plugin uses")
     clone = solo_sub.add_parser("clone", help="git clone the pinned solo-learn commit (network)")
-    clone.add_argument("--dest", default=None, help="default: ~/.cache/gradmatch/upstream/solo-learn")
+    clone.add_argument("--dest", default=None, help="default: ~/.cache/gradmatch-adios/upstream/solo-learn")
     for name in ("pretrain", "linear", "knn", "umap"):
         sub.add_parser(name, help=f"solo-learn's main_{name}.py with ADIOS registered",
                        add_help=False)

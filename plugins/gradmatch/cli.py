@@ -106,9 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     db = sub.add_parser("domainbed", help="the DomainBed plugin: find or clone DomainBed, startup hook")
     db_sub = db.add_subparsers(dest="domainbed_command", required=True)
     db_sub.add_parser("where", help="print the DomainBed checkout the plugin finds ($DOMAINBED_DIR "
-                                    "or ~/.cache/gradmatch/upstream/DomainBed)")
+                                    "or ~/.cache/gradmatch-adios/upstream/DomainBed, or the older ~/.cache/gradmatch/upstream/DomainBed)")
     clone = db_sub.add_parser("clone", help="git clone DomainBed at the pinned commit (needs network)")
-    clone.add_argument("--dest", help="default: ~/.cache/gradmatch/upstream/DomainBed")
+    clone.add_argument("--dest", help="default: ~/.cache/gradmatch-adios/upstream/DomainBed")
     for name, what in (("install-hook", "write the startup hook that registers FishFast and IDGM "
                                         "whenever DomainBed is imported"),
                        ("remove-hook", "delete the startup hook")):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from gradmatch.upstream import UpstreamRepo
+from upstream_checkouts import UpstreamRepo
 
 ENV_VAR = "SOLO_LEARN_DIR"
 REPO_URL = "https://github.com/vturrisi/solo-learn"
@@ -24,7 +24,8 @@ SOLO_LEARN = UpstreamRepo(
 
 
 def find_checkout() -> Path:
-    """The checkout root: ``$SOLO_LEARN_DIR`` if set, else ``~/.cache/gradmatch/upstream/solo-learn``."""
+    """The checkout root: ``$SOLO_LEARN_DIR`` if set, else ``~/.cache/gradmatch-adios/upstream/solo-learn``
+    (or the older ``~/.cache/gradmatch/upstream/solo-learn``)."""
     return SOLO_LEARN.find_checkout()
 
 

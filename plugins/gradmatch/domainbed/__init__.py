@@ -1,6 +1,6 @@
 """Fish as a DomainBed plugin: algorithms ``FishFast`` and ``IDGM`` registered into an
 unmodified DomainBed checkout (found through ``$DOMAINBED_DIR`` or
-``~/.cache/gradmatch/upstream/DomainBed``).
+``~/.cache/gradmatch-adios/upstream/DomainBed`` or the older ``~/.cache/gradmatch/upstream/DomainBed``).
 
 Entry points that register, then run DomainBed's own scripts::
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..upstream import UpstreamRepo
+from upstream_checkouts import UpstreamRepo
 
 ENV_VAR = "DOMAINBED_DIR"
 REPO_URL = "https://github.com/facebookresearch/DomainBed"
@@ -22,12 +22,13 @@ DOMAINBED = UpstreamRepo(
 
 
 def default_dir() -> Path:
-    """``~/.cache/gradmatch/upstream/DomainBed`` (``$XDG_CACHE_HOME`` replaces ``~/.cache``)."""
+    """``~/.cache/gradmatch-adios/upstream/DomainBed`` (``$XDG_CACHE_HOME`` replaces ``~/.cache``)."""
     return DOMAINBED.default_dir()
 
 
 def find_checkout() -> Path:
-    """The checkout root: ``$DOMAINBED_DIR`` if set, else :func:`default_dir`."""
+    """The checkout root: ``$DOMAINBED_DIR`` if set, else :func:`default_dir`, else the older
+    ``~/.cache/gradmatch/upstream/DomainBed``."""
     return DOMAINBED.find_checkout()
 
 

@@ -1,8 +1,10 @@
-"""Find, import and clone upstream checkouts that are not on PyPI (DomainBed, solo-learn).
+"""Find, import and clone upstream checkouts that are not on PyPI (DomainBed, solo-learn, WILDS).
 
-Users clone these projects; the plugins look for a checkout in ``$<ENV_VAR>``, else in
-``~/.cache/gradmatch/upstream/<name>`` (``$XDG_CACHE_HOME`` replaces ``~/.cache``), and say
-how to get one when there is none.
+Shared by both packages of the distribution (``gradmatch`` and ``adios_ssl``), which import it
+and not each other. Users clone these projects; the plugins look for a checkout in
+``$<ENV_VAR>``, else in ``~/.cache/gradmatch-adios/upstream/<name>``, else in the folder earlier
+versions used, ``~/.cache/gradmatch/upstream/<name>`` (``$XDG_CACHE_HOME`` replaces
+``~/.cache``), and say how to get one when there is none.
 """
 from __future__ import annotations
 
@@ -43,20 +45,26 @@ class UpstreamRepo:
     clone_command: str
 
     def default_dir(self) -> Path:
-        cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-        return cache / "gradmatch" / "upstream" / self.name
+        """Where a checkout is cloned to: ``~/.cache/gradmatch-adios/upstream/<name>``."""
+        return _cache() / "gradmatch-adios" / "upstream" / self.name
+
+    def legacy_dir(self) -> Path:
+        """Where earlier versions cloned to, still searched: ``~/.cache/gradmatch/upstream/<name>``."""
+        return _cache() / "gradmatch" / "upstream" / self.name
 
     def is_checkout(self, path: Path) -> bool:
         return (path / self.marker).is_file()
 
     def find_checkout(self) -> Path:
-        """The checkout root: ``$env_var`` if set, else :meth:`default_dir`."""
+        """The checkout root: ``$env_var`` if set, else :meth:`default_dir`, else :meth:`legacy_dir`."""
         configured = os.environ.get(self.env_var)
-        candidate = Path(configured).expanduser() if configured else self.default_dir()
-        if self.is_checkout(candidate):
-            return candidate.resolve()
+        candidates = ([Path(configured).expanduser()] if configured
+                      else [self.default_dir(), self.legacy_dir()])
+        for candidate in candidates:
+            if self.is_checkout(candidate):
+                return candidate.resolve()
         where = (f"${self.env_var}={configured}" if configured
-                 else f"{candidate} (${self.env_var} is not set)")
+                 else f"{' or '.join(map(str, candidates))} (${self.env_var} is not set)")
         raise self.not_found(
             f"no {self.name} checkout at {where}: expected {self.marker} there. Get one with "
             f"`{self.clone_command}` (needs network; pins {self.commit[:7]}) or "
@@ -105,3 +113,7 @@ class UpstreamRepo:
                 f"connected machine) here and set ${self.env_var} to its root, or put it at "
                 f"{self.default_dir()}.") from err
         return dest.resolve()
+
+
+def _cache() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
