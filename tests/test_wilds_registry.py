@@ -75,9 +75,9 @@ def blobs():
     P.register_preset(P.Preset(
         dataset="blobs", model="blobs_mlp", pretrained=False, loss="cross_entropy",
         inner_optimizer="sgd", optimizer_kwargs={"lr": 0.05, "momentum": 0.9}, batch_size=8,
-        meta_lr=0.5, meta_steps=None, erm_pretrain_iters=0, epochs=2, selection_metric="acc_avg",
+        meta_lr=0.5, meta_steps=None, erm_warmup_steps=0, epochs=2, selection_metric="acc_avg",
         selection_split="val", keep_last_checkpoint=False, groupby_fields=("domain",),
-        domain_scheme="combinatorial", eval_every=None, reload_inner_optim=True,
+        domain_scheme="combinatorial", eval_every=None, reset_inner_optimizer=False,
         eval_batch_size=64, dataset_kwargs={}, source="blobs_generator",
         transform="gaussian_noise", official_metrics=("acc_avg",)), replace=True)
     yield "blobs"

@@ -510,7 +510,7 @@ def test_a_run_diverging_before_its_first_checkpoint_says_so(tmp_path, capsys):
 # ---------------------------------------------------------------------------------- warm-up, presets
 def test_erm_warmup_precedes_fish_steps(tmp_path, capsys):
     out = tmp_path / "run"
-    code, _, err = cli(capsys, *train_args(out, "--erm-pretrain-iters", 5, "--max-steps", 12, "--log-every", 1))
+    code, _, err = cli(capsys, *train_args(out, "--erm-warmup-steps", 5, "--max-steps", 12, "--log-every", 1))
     assert code == 0, err
     train_records = [r for r in read_log(out) if r["kind"] == "train"]
     assert [r["step"] for r in train_records] == list(range(1, 13))

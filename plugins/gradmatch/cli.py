@@ -8,6 +8,9 @@ from typing import List, Optional
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
+    from .fish import STEP_SIZES
+    from .optim import OPTIMIZERS
+
     p.add_argument("--dataset", required=True,
                    help="a dataset of the preset table (`gradmatch presets`): camelyon17, fmow, "
                         "iwildcam, poverty, civilcomments, amazon, cdsprites, or one registered "
@@ -23,15 +26,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("hyperparameters (default: the dataset's official Fish preset)")
     g.add_argument("--batch-size", type=int, help="examples per domain (Fish) / per step (ERM)")
     g.add_argument("--lr", type=float, help="inner (Fish) or main (ERM) optimizer learning rate")
-    g.add_argument("--optimizer", choices=["adam", "sgd"], help="inner (Fish) / main (ERM) optimizer")
+    g.add_argument("--optimizer", choices=sorted(OPTIMIZERS), help="inner (Fish) / main (ERM) optimizer")
     g.add_argument("--momentum", type=float, help="SGD momentum")
     g.add_argument("--meta-lr", type=float)
     g.add_argument("--meta-steps", type=int, help="domains visited per Fish step")
-    g.add_argument("--step-size", default="official", choices=["official", "domainbed"],
-                   help="eps = meta_lr / meta_steps (official) or eps = meta_lr (domainbed)")
+    g.add_argument("--step-size", default="official", choices=list(STEP_SIZES),
+                   help="; ".join(f"{k}: {v}" for k, v in STEP_SIZES.items()))
     g.add_argument("--reset-inner-optimizer", dest="reset_inner_optimizer", action="store_true", default=None)
     g.add_argument("--carry-inner-optimizer", dest="reset_inner_optimizer", action="store_false")
-    g.add_argument("--erm-pretrain-iters", type=int)
+    g.add_argument("--erm-warmup-steps", "--erm-pretrain-iters", dest="erm_warmup_steps", type=int,
+                   help="ERM steps before Fish starts (the official pre-training iterations)")
     g.add_argument("--epochs", type=int)
     g.add_argument("--max-steps", type=int, help="stop after this many steps (overrides --epochs)")
     g.add_argument("--eval-every", type=int, help="steps between evaluations (0: epoch ends only)")
@@ -160,7 +164,7 @@ def _evaluate(args) -> None:
 def _presets(args) -> None:
     from .wilds.presets import PRESETS
 
-    cols = ["model", "inner_optimizer", "batch_size", "meta_lr", "meta_steps", "erm_pretrain_iters",
+    cols = ["model", "inner_optimizer", "batch_size", "meta_lr", "meta_steps", "erm_warmup_steps",
             "epochs", "selection_metric", "groupby_fields"]
     print(f"{'dataset':<14}" + "".join(f"{c:<20}" for c in cols) + "lr")
     for name, p in PRESETS.items():

@@ -28,7 +28,10 @@ from .losses import LossFn, check_finite, cross_entropy_loss
 from .gip import gradient_inner_product
 
 
-STEP_SIZE_CONVENTIONS = ("domainbed", "official")
+#: the meta step ``eps`` of each convention
+STEP_SIZES = {"domainbed": "eps = meta_lr (DomainBed's built-in Fish)",
+              "official": "eps = meta_lr / meta_steps (the official Fish code)"}
+STEP_SIZE_CONVENTIONS = tuple(STEP_SIZES)
 BUFFER_MODES = ("interpolate", "copy")
 
 

@@ -6,21 +6,16 @@ first. Both keep a single network (``self.network``, a DomainBed ``WholeFish``),
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 from domainbed import algorithms, networks
 
 from .. import IDGM as IDGMLearner
 from ..fish import Fish
-
-_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+from ..optim import optimizer_factory
 
 
 def _optimizer(hparams: dict, name: str = "adam"):
-    if name not in _OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(_OPTIMIZERS)}")
-    return functools.partial(_OPTIMIZERS[name], lr=hparams["lr"], weight_decay=hparams["weight_decay"])
+    return optimizer_factory(name, lr=hparams["lr"], weight_decay=hparams["weight_decay"])
 
 
 class FishFast(algorithms.Algorithm):

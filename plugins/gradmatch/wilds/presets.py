@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from .. import losses
+from ..optim import optimizer_factory
 from .domains import fish_domains as _fish_domains
 from .models import HF_MODEL_ID, MODELS, MissingPretrainedWeights  # noqa: F401 (re-exported)
 from .transforms import TRANSFORMS
@@ -38,7 +39,7 @@ class Preset:
 
     Units: ``batch_size`` is examples per domain per inner step; ``meta_steps`` is the number of
     domains (= inner steps) per meta-step; the meta step size is ``meta_lr / meta_steps``
-    (:attr:`meta_step_size`, ``Fish(step_size="official")``); ``erm_pretrain_iters`` counts ERM
+    (:attr:`meta_step_size`, ``Fish(step_size="official")``); ``erm_warmup_steps`` counts ERM
     optimizer steps on random batches of ``batch_size`` before Fish starts (0 = none);
     ``epochs`` counts Fish epochs (an epoch ends when fewer than ``meta_steps`` domains have
     batches left); ``eval_every`` counts meta-steps (and ERM pre-training iterations) between
@@ -68,7 +69,7 @@ class Preset:
     batch_size: int
     meta_lr: float
     meta_steps: Optional[int]
-    erm_pretrain_iters: int
+    erm_warmup_steps: int
     epochs: int
     selection_metric: str
     selection_split: str
@@ -76,7 +77,7 @@ class Preset:
     groupby_fields: Tuple[str, ...]
     domain_scheme: str
     eval_every: Optional[int]
-    reload_inner_optim: bool
+    reset_inner_optimizer: bool
     eval_batch_size: int
     dataset_kwargs: Dict[str, Any] = field(hash=False)
     max_token_length: Optional[int] = None
@@ -109,7 +110,7 @@ PRESETS: Dict[str, Preset] = {
         batch_size=32,  # fish:src/config.py:22
         meta_lr=0.01,  # fish:src/config.py:30
         meta_steps=3,  # fish:src/config.py:31
-        erm_pretrain_iters=10000,  # fish:src/config.py:29
+        erm_warmup_steps=10000,  # fish:src/config.py:29
         epochs=20,  # fish:src/config.py:21
         selection_metric="acc_avg",  # fish:src/config.py:32
         selection_split="val",  # fish:src/main.py:80 (wilds: OOD val)
@@ -117,7 +118,7 @@ PRESETS: Dict[str, Preset] = {
         groupby_fields=("hospital",),  # fish:src/models/camelyon.py:42 domain_idx=0
         domain_scheme="combinatorial",
         eval_every=None,  # fish:src/config.py:34 print_iters=-1
-        reload_inner_optim=True,  # fish:src/config.py:33
+        reset_inner_optimizer=False,  # official reload_inner_optim=True, fish:src/config.py:33
         eval_batch_size=32,  # fish:src/models/camelyon.py:56 (= train batch size)
         dataset_kwargs={},  # fish:src/models/camelyon.py:32 (defaults; same v1.0 data in wilds 2.0)
         transform="imagenet_224",  # fish:src/models/camelyon.py:34-38 (96 -> 224 px)
@@ -134,7 +135,7 @@ PRESETS: Dict[str, Preset] = {
         batch_size=64,  # fish:src/config.py:5
         meta_lr=0.01,  # fish:src/config.py:14
         meta_steps=5,  # fish:src/config.py:15
-        erm_pretrain_iters=24000,  # fish:src/config.py:13
+        erm_warmup_steps=24000,  # fish:src/config.py:13
         epochs=12,  # fish:src/config.py:4
         selection_metric="acc_worst_region",  # fish:src/config.py:16
         selection_split="val",  # fish:src/main.py:80
@@ -142,7 +143,7 @@ PRESETS: Dict[str, Preset] = {
         groupby_fields=("region", "year"),  # fish:src/models/datasets.py:98-102 metadata[:, :2]
         domain_scheme="combinatorial",
         eval_every=500,  # fish:src/config.py:18
-        reload_inner_optim=True,  # fish:src/config.py:17
+        reset_inner_optimizer=False,  # official reload_inner_optim=True, fish:src/config.py:17
         eval_batch_size=256,  # fish:src/models/fmow.py:51
         # choice: OOD val (wilds 2.0 default, leaderboard rule); wilds 1.1 used the ID val here.
         # It only changes what is logged: FMoW keeps the last checkpoint.
@@ -160,7 +161,7 @@ PRESETS: Dict[str, Preset] = {
         batch_size=16,  # fish:src/config.py:55
         meta_lr=0.01,  # fish:src/config.py:64
         meta_steps=10,  # fish:src/config.py:65
-        erm_pretrain_iters=24000,  # fish:src/config.py:63
+        erm_warmup_steps=24000,  # fish:src/config.py:63
         epochs=18,  # fish:src/config.py:54
         selection_metric="F1-macro_all",  # fish:src/config.py:66
         selection_split="val",  # fish:src/main.py:80
@@ -168,7 +169,7 @@ PRESETS: Dict[str, Preset] = {
         groupby_fields=("location",),  # fish:src/models/iwildcam.py:42 domain_idx=0
         domain_scheme="combinatorial",
         eval_every=500,  # fish:src/config.py:68
-        reload_inner_optim=True,  # fish:src/config.py:67
+        reset_inner_optimizer=False,  # official reload_inner_optim=True, fish:src/config.py:67
         eval_batch_size=256,  # fish:src/models/iwildcam.py:56
         dataset_kwargs={},  # fish:src/models/iwildcam.py:32 (v2.0 data in both wilds 1.1 and 2.0)
         transform="imagenet_224",  # fish:src/models/iwildcam.py:35-39
@@ -184,7 +185,7 @@ PRESETS: Dict[str, Preset] = {
         batch_size=64,  # fish:src/config.py:38
         meta_lr=0.1,  # fish:src/config.py:47
         meta_steps=5,  # fish:src/config.py:48
-        erm_pretrain_iters=0,  # fish:src/config.py:46
+        erm_warmup_steps=0,  # fish:src/config.py:46
         epochs=200,  # fish:src/config.py:37
         selection_metric="r_wg",  # fish:src/config.py:49
         selection_split="val",  # fish:src/main.py:80 (OOD val: use_ood_val=True)
@@ -192,7 +193,7 @@ PRESETS: Dict[str, Preset] = {
         groupby_fields=("country",),  # fish:src/models/datasets.py:24,34
         domain_scheme="combinatorial",
         eval_every=None,  # fish:src/config.py:51 print_iters=-1
-        reload_inner_optim=True,  # fish:src/config.py:50
+        reset_inner_optimizer=False,  # official reload_inner_optim=True, fish:src/config.py:50
         eval_batch_size=256,  # fish:src/models/poverty.py:69
         # fish:src/models/poverty.py:49-52. choice: wilds 2.0 removed oracle_training_set; its False
         # is split_scheme="official" (= "countries"). The official code always trains fold A; the
@@ -213,7 +214,7 @@ PRESETS: Dict[str, Preset] = {
         batch_size=16,  # fish:src/config.py:89
         meta_lr=0.05,  # fish:src/config.py:98
         meta_steps=5,  # fish:src/config.py:99
-        erm_pretrain_iters=20000,  # fish:src/config.py:97
+        erm_warmup_steps=20000,  # fish:src/config.py:97
         epochs=5,  # fish:src/config.py:88
         selection_metric="acc_wg",  # fish:src/config.py:100
         selection_split="val",  # fish:src/main.py:80
@@ -223,7 +224,7 @@ PRESETS: Dict[str, Preset] = {
         groupby_fields=CIVIL_IDENTITY_FIELDS + ("y",),
         domain_scheme="identity_x_y",
         eval_every=500,  # fish:src/config.py:102
-        reload_inner_optim=True,  # fish:src/config.py:101
+        reset_inner_optimizer=False,  # official reload_inner_optim=True, fish:src/config.py:101
         eval_batch_size=256,  # fish:src/models/civil.py:86
         dataset_kwargs={},  # fish:src/models/civil.py:68 (defaults; v1.0 data in wilds 1.1 and 2.0)
         max_token_length=300,  # fish:src/models/civil.py:17
@@ -241,7 +242,7 @@ PRESETS: Dict[str, Preset] = {
         batch_size=8,  # fish:src/config.py:72
         meta_lr=0.01,  # fish:src/config.py:81
         meta_steps=5,  # fish:src/config.py:82
-        erm_pretrain_iters=31000,  # fish:src/config.py:80
+        erm_warmup_steps=31000,  # fish:src/config.py:80
         epochs=3,  # fish:src/config.py:71
         selection_metric="10th_percentile_acc",  # fish:src/config.py:83
         selection_split="val",  # fish:src/main.py:80
@@ -249,7 +250,7 @@ PRESETS: Dict[str, Preset] = {
         groupby_fields=("user",),  # fish:src/models/amazon.py:73 domain_idx=0
         domain_scheme="combinatorial",
         eval_every=500,  # fish:src/config.py:85
-        reload_inner_optim=True,  # fish:src/config.py:84
+        reset_inner_optimizer=False,  # official reload_inner_optim=True, fish:src/config.py:84
         eval_batch_size=256,  # fish:src/models/amazon.py:87
         # choice: wilds 2.0's default data version 2.1; the official runs (wilds 1.1) read v2.0,
         # reachable with dataset_kwargs={"version": "2.0"}.
@@ -271,7 +272,7 @@ PRESETS: Dict[str, Preset] = {
         batch_size=64,
         meta_lr=0.15,
         meta_steps=None,  # N: every domain
-        erm_pretrain_iters=0,
+        erm_warmup_steps=0,
         epochs=100,
         selection_metric="acc_avg",
         selection_split="val",
@@ -279,7 +280,7 @@ PRESETS: Dict[str, Preset] = {
         groupby_fields=("domain",),
         domain_scheme="combinatorial",
         eval_every=None,
-        reload_inner_optim=False,  # the inner Adam state is reset every step
+        reset_inner_optimizer=True,  # the inner Adam state is reset every step
         eval_batch_size=512,
         dataset_kwargs={},
         source="cdsprites",
@@ -393,7 +394,6 @@ _LOSSES = {
     "mse": losses.mse_loss,
     "binary_cross_entropy": losses.binary_cross_entropy_loss,
 }
-_OPTIMIZERS = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
 
 
 def loss_fn_for(preset: Union[str, Preset]) -> losses.LossFn:
@@ -408,6 +408,6 @@ def inner_optimizer_factory(preset: Union[str, Preset], **overrides: Any) -> fun
     (fish:src/main.py:84-85,163).
     """
     preset = get_preset(preset)
-    return functools.partial(_OPTIMIZERS[preset.inner_optimizer], **{**preset.optimizer_kwargs, **overrides})
+    return optimizer_factory(preset.inner_optimizer, **{**preset.optimizer_kwargs, **overrides})
 
 

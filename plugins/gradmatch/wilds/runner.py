@@ -43,7 +43,8 @@ from torch.utils.data import DataLoader
 
 from .. import distributed as D
 from ..erm import ERM
-from ..fish import Fish
+from ..fish import STEP_SIZES, Fish
+from ..optim import OPTIMIZERS
 from . import presets as P
 from .compat import apply_compat
 from .predictions import replicate_name, write_predictions
@@ -68,9 +69,9 @@ class RunConfig:
     momentum: Optional[float] = None        # SGD momentum (default: the preset's, else 0)
     meta_lr: Optional[float] = None
     meta_steps: Optional[int] = None        # domains per Fish step
-    step_size: str = "official"             # eps = meta_lr / meta_steps ("official") or meta_lr
+    step_size: str = "official"             # a key of gradmatch.fish.STEP_SIZES
     reset_inner_optimizer: Optional[bool] = None
-    erm_pretrain_iters: Optional[int] = None
+    erm_warmup_steps: Optional[int] = None
     epochs: Optional[int] = None
     max_steps: Optional[int] = None         # stop after this many learner steps (all phases)
     eval_every: Optional[int] = None        # steps; 0 = only at epoch ends and at the end
@@ -96,15 +97,16 @@ class RunConfig:
     def validate(self) -> None:
         if self.algorithm not in ALGORITHMS:
             raise ValueError(f"unknown algorithm {self.algorithm!r}; choose one of {ALGORITHMS}")
-        if self.step_size not in ("official", "domainbed"):
-            raise ValueError("step_size must be 'official' (meta_lr / meta_steps) or 'domainbed' (meta_lr)")
+        if self.step_size not in STEP_SIZES:
+            raise ValueError(f"--step-size must be one of: " + "; ".join(
+                f"{k} ({v})" for k, v in STEP_SIZES.items()))
         positive = {"batch_size": self.batch_size, "lr": self.lr, "meta_lr": self.meta_lr,
                     "meta_steps": self.meta_steps, "epochs": self.epochs, "max_steps": self.max_steps}
         for name, value in positive.items():
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value!r}")
-        if self.optimizer is not None and self.optimizer not in ("adam", "sgd"):
-            raise ValueError(f"--optimizer must be adam or sgd, got {self.optimizer!r}")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.momentum is not None and not 0 <= self.momentum < 1:
             raise ValueError(f"--momentum must be in [0, 1), got {self.momentum!r}")
         if not 0 < self.frac <= 1:
@@ -310,11 +312,10 @@ class Run:
             domains = P.fish_domains(self.preset, self.train_set.metadata_array, ds.metadata_fields)
             meta_steps = self.setting("meta_steps") or sum(len(d) > 0 for d in domains)
             self.per_domain = DomainBatchPlanner(domains, batch_size, meta_steps, cfg.seed)
-            reset = (not self.preset.reload_inner_optim if cfg.reset_inner_optimizer is None
-                     else cfg.reset_inner_optimizer)
+            reset = self.setting("reset_inner_optimizer")
             self.learner = Fish(self.model, optimizer, self.setting("meta_lr"), loss_fn=self.loss_fn,
                                 step_size=cfg.step_size, reset_inner_optimizer=reset,
-                                erm_warmup_steps=self.setting("erm_pretrain_iters"), seed=cfg.seed,
+                                erm_warmup_steps=self.setting("erm_warmup_steps"), seed=cfg.seed,
                                 backend=self.backend)
         else:
             self.learner = ERM(self.model, optimizer, loss_fn=self.loss_fn, backend=self.backend)

@@ -1,0 +1,17 @@
+"""The optimizers the Fish adapters accept, by name (one table for WILDS presets and DomainBed)."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Dict, Iterable
+
+import torch
+
+#: name -> optimizer class
+OPTIMIZERS: Dict[str, type] = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+
+
+def optimizer_factory(name: str, **kwargs: Any) -> Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]:
+    """``partial(OPTIMIZERS[name], **kwargs)``: ``params -> optimizer``."""
+    if name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {name!r}; choose one of {sorted(OPTIMIZERS)}")
+    return functools.partial(OPTIMIZERS[name], **kwargs)
