@@ -16,7 +16,7 @@ venv: $(VENV)/.installed
 $(VENV)/.installed: setup.cfg setup.py
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(PIP) -q --upgrade pip "setuptools<81" wheel
-	$(PIP) -e ".[test,domainbed,solo]"
+	$(PIP) -e ".[test,domainbed,solo,text]"
 	touch $@
 
 demo: venv

@@ -5,6 +5,7 @@ import os
 import sys
 import types
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -281,3 +282,47 @@ def test_civilcomments_domains_are_identity_or_none_times_y(wilds_datasets):
     domains = P.fish_domains("civilcomments", ds.metadata_array, ds.metadata_fields)
     # toxic y = [1, 0, 1, 0, 0, 1]; male rows 0,1,4; black rows 0,5; none rows 2,3.
     assert [d.tolist() for d in domains] == [[3], [2], [1, 4], [0], [0, 5]]  # empty groups dropped
+
+
+def test_a_real_distilbert_runs_through_the_wrappers_and_a_fish_step(tmp_path):
+    """Real Hugging Face classes, nothing downloaded: a tokenizer from a vocab file written
+    here, and a small DistilBERT with random weights (the presets' wrapper classes around them)."""
+    transformers = pytest.importorskip("transformers", reason="the `text` extra (transformers)")
+    from gradmatch.fish import Fish
+    from gradmatch.losses import cross_entropy_loss
+    from gradmatch.wilds.models import DistilBertClassifier
+
+    words = ["the", "comment", "is", "kind", "rude", "very", "not", "a"]
+    vocab = tmp_path / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words) + "\n")
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + words
+    tokenizer = transformers.DistilBertTokenizerFast(vocab={w: i for i, w in enumerate(tokens)})
+    if tokenizer("the")["input_ids"][1] != 5:  # transformers 4 reads a vocab file instead
+        tokenizer = transformers.DistilBertTokenizerFast(vocab_file=str(vocab))
+    tokenize = BertTokenize(tokenizer, 12)
+    x = tokenize("the comment is very kind")
+    assert x.shape == (12, 2) and x.dtype == torch.long
+    ids, mask = x[:, 0].tolist(), x[:, 1].tolist()
+    assert ids[:7] == [2, 5, 6, 7, 10, 8, 3] and mask == [1] * 7 + [0] * 5  # [CLS] ... [SEP] [PAD]
+
+    torch.manual_seed(0)
+    config = transformers.DistilBertConfig(vocab_size=len(words) + 5, dim=16, n_layers=2, n_heads=2,
+                                           hidden_dim=32, max_position_embeddings=16, num_labels=2)
+    model = DistilBertClassifier(transformers.DistilBertForSequenceClassification(config))
+    texts = [["the comment is kind", "a very kind comment"], ["the comment is rude", "not kind"]]
+    batches = [(torch.stack([tokenize(t) for t in pair]), torch.tensor([0, 1])) for pair in texts]
+    x = batches[0][0]
+    model.eval()  # (no dropout) the wrapper feeds ids and mask where Hugging Face expects them
+    direct = model.model(input_ids=x[..., 0], attention_mask=x[..., 1]).logits
+    assert model(x).shape == (2, 2) and torch.equal(model(x), direct)
+    model.train()
+    before = [p.detach().clone() for p in model.parameters()]
+    fish = Fish(model, functools.partial(torch.optim.Adam, lr=1e-3), meta_lr=0.5,
+                loss_fn=cross_entropy_loss, shuffle_domains=False)
+    stats = fish.step(batches, track_gip=True)
+    assert np.isfinite(stats["loss"]) and np.isfinite(stats["gip"])
+    moved = [not torch.equal(a, b) for a, b in zip(before, model.parameters())]
+    assert sum(moved) > 0.9 * len(moved)  # (the unused position rows aside) the network trained
+    # the preset's own builder, from scratch: a default-size DistilBERT in the same wrapper
+    full = P.build_model("civilcomments", 2, pretrained=False)
+    assert isinstance(full, DistilBertClassifier) and full(batches[0][0]).shape == (2, 2)
