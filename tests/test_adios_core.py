@@ -14,9 +14,9 @@ from torch.nn import functional as F
 
 from adios_ssl.baselines import beit_block_masks, mae_patch_masks, random_pixel_masks
 from adios_ssl.masker import MaskingNetwork, unet_depth
-from adios_ssl.objective import (adios_ssl_loss, apply_masks, apply_one_mask_per_image,
-                                 encode_views, fraction_neg_entropy, masker_objective,
-                                 per_view_batch_norm, sparsity_penalty)
+from adios_ssl.objective import (SPARSITY_EPS, adios_ssl_loss, apply_masks,
+                                 apply_one_mask_per_image, encode_views, fraction_neg_entropy,
+                                 masker_objective, per_view_batch_norm, sparsity_penalty)
 
 
 def random_masks(b, n, size, seed=0, dtype=torch.float32):
@@ -180,6 +180,77 @@ def test_masker_objective_composition():
         2.5 - 0.1 * pen + 0.3 * negent, rel=1e-6)
 
 
+# ---------------------------------------------------------------- mixed precision
+def extreme_masks(dtype=torch.float32):
+    """(2, 3, 16, 16) soft masks summing to 1 per pixel, coverages near 0 and near 1:
+    image 0 (1e-6, 0.5, 0.5 - 1e-6), image 1 (0.99, 0.005, 0.005); representable in float16
+    and bfloat16 (to within their rounding)."""
+    masks = torch.empty(2, 3, 16, 16, dtype=torch.float64)
+    for b, fractions in enumerate(((1e-6, 0.5, 0.5 - 1e-6), (0.99, 0.005, 0.005))):
+        for k, f in enumerate(fractions):
+            masks[b, k] = f
+    return masks.to(dtype)
+
+
+def sparsity_terms(masks, ssl):
+    return (sparsity_penalty(masks), fraction_neg_entropy(masks),
+            masker_objective(ssl, masks, 0.7, alpha_entropy=0.3))
+
+
+HALF = [torch.bfloat16, torch.float16]
+
+
+@pytest.mark.parametrize("autocast_dtype", HALF)
+def test_sparsity_terms_under_autocast_equal_float32(autocast_dtype):
+    """Under CPU autocast (bf16, fp16) the penalty, the entropy term and the masker objective
+    (with an SSL loss in the autocast dtype) equal their float32 values, gradients included,
+    and stay finite for coverages of 1e-6 and 0.99."""
+    results = []
+    for autocast in (False, True):
+        masks = extreme_masks().requires_grad_(True)
+        ssl = torch.tensor(2.5, dtype=autocast_dtype if autocast else torch.float32)
+        with torch.autocast("cpu", dtype=autocast_dtype, enabled=autocast):
+            terms = sparsity_terms(masks, ssl)
+        (grad,) = torch.autograd.grad(sum(terms), masks)
+        results.append((terms, grad))
+    (ref, ref_grad), (out, grad) = results
+    for r, o in zip(ref, out):
+        assert o.dtype == torch.float32 and torch.isfinite(o)
+        assert torch.equal(o, r)
+    assert torch.equal(grad, ref_grad) and torch.isfinite(grad).all()
+    # the 1e-6 coverage: 1 / sin(pi * 1e-6) = 3.2e5, halved by the batch mean: above float16's
+    # largest value (65504)
+    assert ref[0] > 1.5e5
+
+
+@pytest.mark.parametrize("dtype", HALF)
+def test_sparsity_terms_of_half_precision_masks_are_computed_in_float32(dtype):
+    """Masks that arrive in bfloat16/float16 are promoted to float32 first: the values are those
+    of the float32 copy of the masks, finite, where the same formula evaluated in the half type
+    overflows (float16) or is off by more than 1e-3 (bfloat16)."""
+    masks = extreme_masks(dtype)
+    ssl = torch.tensor(2.5, dtype=dtype)
+    for out, ref in zip(sparsity_terms(masks, ssl), sparsity_terms(masks.float(), ssl.float())):
+        assert out.dtype == torch.float32 and torch.isfinite(out)
+        assert torch.equal(out, ref)
+    frac = masks.mean(dim=(-1, -2))  # the formula in the half type
+    naive = (1.0 / (torch.sin(frac * math.pi) + SPARSITY_EPS)).mean(0).sum()
+    reference = sparsity_penalty(masks)
+    assert not torch.isfinite(naive) or abs(naive.double() - reference.double()) > 1e-3 * reference
+    if dtype == torch.float16:
+        assert not torch.isfinite(naive)
+
+
+@pytest.mark.parametrize("autocast_dtype", HALF)
+def test_masker_gives_float32_masks_under_autocast(autocast_dtype):
+    torch.manual_seed(0)
+    masker = MaskingNetwork(32, num_masks=3, fbase=8)
+    with torch.autocast("cpu", dtype=autocast_dtype):
+        masks = masker(torch.randn(2, 3, 32, 32))
+    assert masks.dtype == torch.float32
+    assert torch.allclose(masks.sum(1), torch.ones(2, 32, 32), atol=1e-6)
+
+
 # ---------------------------------------------------------------- per-view BatchNorm
 def bn_net(seed=0):
     torch.manual_seed(seed)
@@ -229,6 +300,27 @@ def test_per_view_batch_norm_unpatches_after_an_exception():
             assert "forward" in vars(net[1])
             raise RuntimeError("boom")
     assert all("forward" not in vars(layer) for layer in net.modules())
+
+
+def test_per_view_batch_norm_patches_sync_batch_norm_layers():
+    """Lightning's sync_batchnorm turns every BatchNorm into torch.nn.SyncBatchNorm before
+    training: per_view_batch_norm patches those too, one SyncBatchNorm call per view (under DDP
+    each call gathers its statistics over all processes, so each view is normalised over that
+    view's samples on every process; torch runs SyncBatchNorm on GPUs only, see
+    tests/test_adios_ddp.py). In one process SyncBatchNorm computes plain batch statistics, so
+    the batched forward equals the sequential one."""
+    n, b = 3, 4
+    views = [torch.randn(b, 3, 6, 6) * (1 + k) + 2 * k for k in range(n)]
+    net = nn.SyncBatchNorm.convert_sync_batchnorm(bn_net())
+    ref = copy.deepcopy(net)
+    sync_layers = [m for m in net.modules() if isinstance(m, nn.SyncBatchNorm)]
+    assert len(sync_layers) == 3
+    with per_view_batch_norm([net], n):
+        assert all("forward" in vars(m) for m in sync_layers)
+        out = net(torch.cat(views))
+    expected = torch.cat([ref(v) for v in views])
+    assert torch.allclose(out, expected, atol=1e-6)
+    assert sync_layers[0].num_batches_tracked.item() == n
 
 
 def test_encode_views_batched_matches_sequential_including_running_stats():

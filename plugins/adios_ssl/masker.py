@@ -135,4 +135,8 @@ class MaskingNetwork(nn.Module):
         self.img_size = img_size
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.head(self.unet(x)), dim=1)
+        logits = self.head(self.unet(x))
+        # float32 at least, also under autocast (as CUDA autocast does for softmax): in
+        # bfloat16 a mask value of 0.999 is already 1.0, so a mask would hide its pixels
+        # entirely and the sparsity penalty would see fractions of exactly 0 or 1
+        return torch.softmax(logits, dim=1, dtype=torch.promote_types(logits.dtype, torch.float32))

@@ -47,8 +47,12 @@ def apply_one_mask_per_image(x: torch.Tensor, masks: torch.Tensor,
 
 
 def mask_fractions(masks: torch.Tensor) -> torch.Tensor:
-    """Fraction of the image each mask covers: (B, N, H, W) -> (B, N), values in [0, 1]."""
-    return masks.mean(dim=(-1, -2))
+    """Fraction of the image each mask covers: (B, N, H, W) -> (B, N), values in [0, 1].
+
+    Computed in float32 at least (float64 stays float64), with autocast off: in bfloat16 a
+    fraction of 0.999 already rounds to 1."""
+    with _full_precision(masks):
+        return _at_least_float32(masks).mean(dim=(-1, -2))
 
 
 def sparsity_penalty(masks: torch.Tensor) -> torch.Tensor:
@@ -56,30 +60,53 @@ def sparsity_penalty(masks: torch.Tensor) -> torch.Tensor:
 
     Each term is 1 for a mask covering half the image and grows without bound as a mask
     covers nothing or everything, so the masker cannot make a mask empty or full. Equals the
-    official code's ``(1 / (sin(frac * pi) + 1e-10)).mean(0).sum(0)``.
+    official code's ``(1 / (sin(frac * pi) + 1e-10)).mean(0).sum(0)``. Computed in float32 at
+    least, with autocast off (in float16, ``1e-10`` is 0 and ``1 / sin`` overflows above
+    65504 for a mask covering less than 0.0005 % of the image).
     """
     frac = mask_fractions(masks)
-    return (1.0 / (torch.sin(frac * math.pi) + SPARSITY_EPS)).mean(0).sum()
+    with _full_precision(frac):
+        return (1.0 / (torch.sin(frac * math.pi) + SPARSITY_EPS)).mean(0).sum()
 
 
 def fraction_neg_entropy(masks: torch.Tensor) -> torch.Tensor:
     """``sum_b sum_k p_bk log p_bk`` with ``p_b = softmax_k(fraction_b)`` (scalar).
 
     The official code's optional ``alpha_entropy`` term (``Entropy()`` of the stacked mask
-    fractions; it returns the negative entropy summed over the batch).
+    fractions; it returns the negative entropy summed over the batch). Float32 at least,
+    autocast off.
     """
     frac = mask_fractions(masks)
-    return (torch.softmax(frac, dim=1) * torch.log_softmax(frac, dim=1)).sum()
+    with _full_precision(frac):
+        return (torch.softmax(frac, dim=1) * torch.log_softmax(frac, dim=1)).sum()
 
 
 def masker_objective(ssl_loss: torch.Tensor, masks: torch.Tensor, alpha_sparsity: float,
                      alpha_entropy: float = 0.0) -> torch.Tensor:
     """What the masker maximises: ``ssl_loss - alpha_sparsity * sparsity_penalty(masks)
-    + alpha_entropy * fraction_neg_entropy(masks)``. Minimise its negative."""
-    objective = ssl_loss - alpha_sparsity * sparsity_penalty(masks)
-    if alpha_entropy:
-        objective = objective + alpha_entropy * fraction_neg_entropy(masks)
+    + alpha_entropy * fraction_neg_entropy(masks)``. Minimise its negative. Float32 at least
+    (under mixed precision the SSL loss may come in bfloat16/float16), autocast off."""
+    penalty = sparsity_penalty(masks)
+    with _full_precision(penalty):
+        objective = _at_least_float32(ssl_loss) - alpha_sparsity * penalty
+        if alpha_entropy:
+            objective = objective + alpha_entropy * fraction_neg_entropy(masks)
     return objective
+
+
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+@contextlib.contextmanager
+def _full_precision(x: torch.Tensor) -> Iterator[None]:
+    """Autocast off for ``x``'s device type (a no-op where that device has no autocast)."""
+    try:
+        context = torch.autocast(device_type=x.device.type, enabled=False)
+    except RuntimeError:
+        context = contextlib.nullcontext()
+    with context:
+        yield
 
 
 @contextlib.contextmanager

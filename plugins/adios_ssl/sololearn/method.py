@@ -21,15 +21,29 @@ ADIOS-s], ``masked_views`` [second | both], ``pairs`` [[masked]], ``mask_generat
 [adversarial | random | mae | beit], ``mask_ratio`` [baseline default], ``computation``
 [batched | looped], ``symmetric_pairs`` [True; SimSiam: False keeps only the term predicting
 the masked view], ``mask_pictures`` [{enabled: True, every_n_epochs: 1, num_images: 8}].
+
+Several processes (Lightning's ``ddp`` strategies, ``find_unused_parameters`` True or False):
+DDP is told to ignore the masker (``_ddp_params_and_buffers_to_ignore``, which Lightning also
+reads), so the encoder step is an ordinary DDP backward over the encoder, projector(s) and
+classifier (bucketed, overlapped all-reduce). The masker step's backward runs outside DDP's
+reducer (``no_sync``), then the masker's gradients are averaged over the processes in one
+all-reduce before its optimizer step (so under fp16 every process's GradScaler sees the same,
+possibly non-finite, gradients and skips the same steps). The masker is broadcast from rank 0
+when fitting starts (DDP does that for the modules it manages). If DDP does hold the masker
+anyway, the encoder loss gets a zero-valued term in the masker's parameters, so that DDP
+with ``find_unused_parameters=False`` sees every parameter it manages used.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence
+import contextlib
+from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import omegaconf
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
 from ..baselines import BASELINE_MASKS
 from ..masker import NORMS, MaskingNetwork
@@ -137,6 +151,20 @@ class ADIOSMixin:
         if self.adios_generator == "adversarial":
             self.masker = MaskingNetwork(self.adios_img_size, int(kw.N), int(kw.mask_fbase),
                                          kw.unet_norm, kw.unet_blocks)
+            # DDP (built by Lightning around this module) leaves the masker out of its reducer:
+            # the masker's gradients come from a backward of their own (see the module
+            # docstring). torch's helper sets the attribute DDP and Lightning read
+            # (_ddp_params_and_buffers_to_ignore) and marks the tensors. If DDP ever stops
+            # honouring it, on_fit_start sees the masker in the reducer and falls back.
+            names = [f"masker.{name}" for name in self.masker.state_dict()]
+            ignore = getattr(DistributedDataParallel,
+                             "_set_params_and_buffers_to_ignore_for_model", None)
+            if ignore is not None:
+                ignore(self, names)
+            else:  # pragma: no cover - depends on the torch version
+                self._ddp_params_and_buffers_to_ignore = names
+        # whether a DDP wrapper holds the masker in its reducer (set in on_fit_start)
+        self._adios_masker_in_ddp = False
         # batches trained on (the EMA/tau schedule and the schedulers count batches, not
         # trainer.global_step, which advances once per optimizer step: twice per batch here)
         self.register_buffer("adios_batches", torch.zeros((), dtype=torch.long))
@@ -201,6 +229,13 @@ class ADIOSMixin:
         loss = ssl + class_loss
         _check_finite(loss, "encoder", self)
         optimizers[0].zero_grad(set_to_none=True)
+        if self._adios_masker_in_ddp:
+            # DDP manages the masker too: with find_unused_parameters=False every parameter it
+            # manages must be reached by this backward. A zero-valued term reaches the masker
+            # (value and encoder gradients unchanged); its DDP-averaged zero gradients are
+            # cleared before the masker's own backward.
+            optimizers[1].zero_grad(set_to_none=True)
+            loss = loss + 0.0 * sum(p.sum() for p in self.masker.parameters())
         self.manual_backward(loss)
         optimizers[0].step()
         self.adios_batches += 1
@@ -221,7 +256,9 @@ class ADIOSMixin:
                                          self.alpha_entropy)
             _check_finite(objective, "masker", self)
             masker_opt.zero_grad(set_to_none=True)
-            self.manual_backward(-objective)
+            with self._outside_ddp_reducer():
+                self.manual_backward(-objective)
+            self._average_masker_grads()
             masker_opt.step()
             self.untoggle_optimizer(masker_opt)
             fractions = mask_fractions(all_masks.detach())
@@ -234,6 +271,66 @@ class ADIOSMixin:
         self.log_dict(metrics, on_epoch=True, sync_dist=True)
         self._step_schedulers()
         return loss.detach()
+
+    # ---------------------------------------------------------------------- several processes
+    def on_fit_start(self) -> None:
+        """Under DDP: check whether the wrapper left the masker out of its reducer, and give
+        every process rank 0's masker (DDP broadcasts only the modules it manages)."""
+        super_hook = getattr(super(), "on_fit_start", None)
+        if super_hook is not None:
+            super_hook()
+        self._adios_masker_in_ddp = False
+        if self.masker is None:
+            return
+        ddp = self._ddp_wrapper()
+        if ddp is None:
+            if self.trainer.world_size > 1:
+                raise ADIOSConfigError(
+                    f"ADIOS trains with {self.trainer.world_size} processes only under a DDP "
+                    f"strategy (ddp, ddp_find_unused_parameters_true, ddp_spawn, ...), not "
+                    f"{type(self.trainer.strategy).__name__}")
+            return
+        ignored = set(getattr(ddp, "parameters_to_ignore", ()))
+        names = {f"masker.{name}" for name, _ in self.masker.named_parameters()}
+        self._adios_masker_in_ddp = ddp.module is not self or not names <= ignored
+        if not self._adios_masker_in_ddp and _world_size() > 1:
+            tensors = list(self.masker.parameters()) + list(self.masker.buffers())
+            for group in _by_dtype(tensors).values():
+                flat = torch.cat([t.detach().reshape(-1) for t in group])
+                dist.broadcast(flat, src=0)
+                with torch.no_grad():
+                    for t, value in zip(group, flat.split([t.numel() for t in group])):
+                        t.copy_(value.view_as(t))
+
+    def _ddp_wrapper(self) -> Optional[DistributedDataParallel]:
+        """The DistributedDataParallel module Lightning runs this module in, if any."""
+        trainer = self._trainer
+        model = getattr(trainer.strategy, "model", None) if trainer is not None else None
+        return model if isinstance(model, DistributedDataParallel) else None
+
+    @contextlib.contextmanager
+    def _outside_ddp_reducer(self) -> Iterator[None]:
+        """A backward that DDP's reducer takes no part in: inside ``no_sync`` Lightning's
+        ``manual_backward`` does not re-arm the reducer, so a backward that reaches only some
+        of the parameters DDP manages (the masker's, or none) is allowed."""
+        ddp = self._ddp_wrapper()
+        with ddp.no_sync() if ddp is not None else contextlib.nullcontext():
+            yield
+
+    def _average_masker_grads(self) -> None:
+        """Average the masker's gradients over the processes, in one all-reduce per dtype."""
+        if _world_size() < 2:
+            return
+        params = [p for p in self.masker.parameters() if p.requires_grad]
+        for p in params:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+        for group in _by_dtype(params).values():
+            flat = torch.cat([p.grad.reshape(-1) for p in group])
+            dist.all_reduce(flat)
+            flat /= _world_size()
+            for p, value in zip(group, flat.split([p.numel() for p in group])):
+                p.grad.copy_(value.view_as(p))
 
     def _masks(self, x1: torch.Tensor, x2: torch.Tensor) -> List[Optional[torch.Tensor]]:
         """Masks per view, ``[masks_view1 or None, masks_view2]``, each (B, N, H, W)."""
@@ -377,13 +474,34 @@ def _same_schedule(encoder_schedule: Any, optimizer: torch.optim.Optimizer, lr: 
     return config
 
 
+def _world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def _by_dtype(tensors: Sequence[torch.Tensor]) -> Dict[tuple, List[torch.Tensor]]:
+    groups: Dict[tuple, List[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    return groups
+
+
 def _check_finite(value: torch.Tensor, which: str, module: nn.Module) -> None:
-    if not torch.isfinite(value):
+    """Raise if the loss is not finite; with several processes, on every process as soon as
+    one has a non-finite loss (one process raising alone would leave the others waiting in the
+    next all-reduce)."""
+    finite = torch.isfinite(value.detach()).reshape(1).to(torch.int32)
+    if _world_size() > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    if not bool(finite):
         trainer = module.trainer
+        here = f"{float(value)}"
+        if _world_size() > 1:
+            here += (f" on process {dist.get_rank()} of {_world_size()}; at least one process "
+                     "has a non-finite loss")
         raise FloatingPointError(
-            f"non-finite ADIOS {which} loss ({float(value)}) at epoch {trainer.current_epoch}, "
-            f"batch {int(module.adios_batches)}: lower optimizer.lr or method_kwargs.mask_lr, "
-            "raise method_kwargs.alpha_sparsity if masks collapse, or check the input data")
+            f"non-finite ADIOS {which} loss ({here}) at epoch {trainer.current_epoch}, batch "
+            f"{int(module.adios_batches)}: lower optimizer.lr or method_kwargs.mask_lr, raise "
+            "method_kwargs.alpha_sparsity if masks collapse, or check the input data")
 
 
 def adios_method(base: type, name: Optional[str] = None) -> type:
