@@ -46,9 +46,7 @@ bench_env.size_thread_pools_from_argv()
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
-import datetime as _dt  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -57,7 +55,7 @@ from typing import List  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from bench_env import cpu_model, load_average, make_sync, save_results  # noqa: E402
+from bench_env import load_average, make_sync, save_results  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "results")
@@ -169,15 +167,12 @@ def run_configuration(config: dict, args, workdir: Path) -> dict:
 
 
 # ---------------------------------------------------------------------------- reporting
-def summarize(config: dict, times: List[float], args) -> dict:
-    t = np.asarray(times)
-    median = float(np.median(t))
-    images = config["processes"] * args.batch
+def result_row(config: dict, times: List[float], args) -> dict:
+    """One configuration's row: its timing statistics and images per second."""
+    stats = bench_env.summarize(times, unit="s")
     return {"name": config["name"], "processes": config["processes"],
-            "precision": config["precision"], "batch_per_process": args.batch,
-            "n": int(t.size), "median_s": median, "q25_s": float(np.percentile(t, 25)),
-            "q75_s": float(np.percentile(t, 75)), "min_s": float(t.min()),
-            "images_per_s": images / median}
+            "precision": config["precision"], "batch_per_process": args.batch, **stats,
+            "images_per_s": config["processes"] * args.batch / stats["median_s"]}
 
 
 def add_ratios(results: List[dict]) -> None:
@@ -246,16 +241,10 @@ def plot(path: str, results: List[dict], env: dict, args) -> None:
 def environment(args) -> dict:
     import lightning
 
-    env = {"date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-           "python": sys.version.split()[0], "platform": platform.platform(),
-           "torch": torch.__version__, "lightning": lightning.__version__, "device": args.device,
-           "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-           "threads_per_process": args.threads, "load_average_at_start": load_average()}
+    extra = {"lightning": lightning.__version__, "threads_per_process": args.threads}
     if args.device == "cuda":
-        env["cuda_device"] = torch.cuda.get_device_name(0)
-        env["cuda_device_count"] = torch.cuda.device_count()
-        env["cuda_version"] = torch.version.cuda
-    return env
+        extra["cuda_device_count"] = torch.cuda.device_count()
+    return bench_env.environment(torch.device(args.device), **extra)
 
 
 # ---------------------------------------------------------------------------- main
@@ -317,7 +306,7 @@ def main(argv=None) -> int:
                 walls[config["name"]].append(record["wall_s"])
                 print(f"  {config['name']}: median {np.median(record['times_s']):.3f} s/batch "
                       f"({record['wall_s']:.0f} s with start-up)", flush=True)
-    results = [summarize(c, times[c["name"]], args) for c in configs]
+    results = [result_row(c, times[c["name"]], args) for c in configs]
     add_ratios(results)
     for r in results:
         r["times_s"] = times[r["name"]]

@@ -14,7 +14,8 @@ Other examples::
     .venv/bin/python benchmarks/adios_step.py --no-memory              # timing only
     python benchmarks/adios_step.py --device cuda --threads 8 --repeats 20 --out /tmp/adios_gpu
 
-One ADIOS training step (written below in :func:`encoder_step`, :func:`masker_step`), with
+One ADIOS training step (the shipped :mod:`adios_ssl.step`, called by :func:`encoder_step` and
+:func:`masker_step` below), with
 ``adios_ssl.objective.adios_ssl_loss`` doing the N masked views:
 
 1. encoder step: ``masks = masker(x2)``; ``loss = sum_k L(f(x1), f(x2 * (1 - m_k.detach())))``;
@@ -65,26 +66,24 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import copy  # noqa: E402
 import csv  # noqa: E402
-import datetime as _dt  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
-import resource  # noqa: E402
 import subprocess  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
-from typing import Callable, Dict, List, Optional, Sequence  # noqa: E402
+from typing import Callable, Dict, List, Sequence  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
-from bench_env import (cpu_model, load_average, make_sync, maxrss_mb, peak_mb,  # noqa: E402
+from bench_env import (load_average, make_sync, maxrss_mb, peak_mb,  # noqa: E402
                        proc_status_mb, reset_peak_rss, save_results)
 from torch import nn  # noqa: E402
 
 from adios_ssl.masker import MaskingNetwork  # noqa: E402
-from adios_ssl.objective import adios_ssl_loss, masker_objective  # noqa: E402
+from adios_ssl.objective import adios_ssl_loss  # noqa: E402
+from adios_ssl.step import encoder_update, masker_update  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "results")
@@ -151,42 +150,36 @@ def clone_adios(a: Adios, lr: float) -> Adios:
 
 
 # ---------------------------------------------------------------------------- one ADIOS step
+def _step_fns(m: Adios, x1: torch.Tensor, x2: torch.Tensor, batched: bool):
+    """The masks and SSL-loss functions the shipped step (:mod:`adios_ssl.step`) takes."""
+    def masks_fn():
+        return [None, m.masker(x2)]
+
+    def ssl_fn(masks, grad_through_views):
+        loss, _ = adios_ssl_loss(m.encode, m.pair_loss, (x1, x2), masks,
+                                 modules=[m.encoder, m.projector], batched=batched,
+                                 grad_through_views=grad_through_views)
+        return loss, loss.new_zeros(())
+    return masks_fn, ssl_fn
+
+
 def encoder_step(m: Adios, x1: torch.Tensor, x2: torch.Tensor, batched: bool):
-    """Encoder + projector minimise the SSL loss of (x1, x2 masked by each of the N masks).
-
-    Returns the loss and, in batched mode, the masks with their graph: the plugin computes the
-    masks once per batch and reuses them in the masker step (the masker has not moved in
-    between); the official order computes them again there."""
-    with torch.set_grad_enabled(batched):
-        masks_graph = m.masker(x2)
-    loss, _ = adios_ssl_loss(m.encode, m.pair_loss, (x1, x2), (None, masks_graph.detach()),
-                             modules=[m.encoder, m.projector], batched=batched)
-    m.enc_opt.zero_grad(set_to_none=True)
-    loss.backward()
-    m.enc_opt.step()
-    return loss.detach(), (masks_graph if batched else None)
+    """The shipped encoder step (:func:`adios_ssl.step.encoder_update`): encoder + projector
+    minimise the SSL loss of (x1, x2 masked by each of the N masks). Returns the loss and, in
+    batched mode, the masks with their graph, which the masker step reuses (the plugin's
+    order); the official order computes them again there."""
+    masks_fn, ssl_fn = _step_fns(m, x1, x2, batched)
+    out = encoder_update(masks_fn, ssl_fn, m.enc_opt, reuse_masks=batched)
+    return out.ssl_loss, out.masks_graph
 
 
-def masker_step(m: Adios, x1: torch.Tensor, x2: torch.Tensor, batched: bool,
-                masks: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """The masker maximises the same SSL loss minus its sparsity penalty (encoder frozen)."""
-    frozen = [p for module in (m.encoder, m.projector) for p in module.parameters()]
-    flags = [p.requires_grad for p in frozen]
-    for p in frozen:
-        p.requires_grad_(False)
-    try:
-        masks = m.masker(x2) if masks is None else masks
-        ssl, _ = adios_ssl_loss(m.encode, m.pair_loss, (x1, x2), (None, masks),
-                                modules=[m.encoder, m.projector], batched=batched,
-                                grad_through_views=False)
-        objective = masker_objective(ssl, masks, alpha_sparsity=m.alpha_sparsity)
-        m.mask_opt.zero_grad(set_to_none=True)
-        (-objective).backward()
-        m.mask_opt.step()
-    finally:
-        for p, flag in zip(frozen, flags):
-            p.requires_grad_(flag)
-    return ssl.detach()
+def masker_step(m: Adios, x1: torch.Tensor, x2: torch.Tensor, batched: bool, masks=None) -> torch.Tensor:
+    """The shipped masker step (:func:`adios_ssl.step.masker_update`): the masker maximises
+    the same SSL loss minus its sparsity penalty, encoder frozen. Returns its SSL loss."""
+    masks_fn, ssl_fn = _step_fns(m, x1, x2, batched)
+    out = masker_update(masks_fn, ssl_fn, m.mask_opt, [m.enc_opt],
+                        alpha_sparsity=m.alpha_sparsity, masks_graph=masks)
+    return out.ssl_loss
 
 
 def adios_step(m: Adios, x1: torch.Tensor, x2: torch.Tensor, batched: bool):
@@ -203,16 +196,13 @@ def make_batch(batch: int, img_size: int, seed: int, device: torch.device):
 
 
 # ---------------------------------------------------------------------------- timing
-def _rusage():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime, r.ru_stime, r.ru_minflt
 
 
 def timed_step(m: Adios, x1, x2, batched: bool, sync: Callable) -> Dict[str, float]:
     """One step, its two halves timed separately (synchronised on CUDA), plus the process's
     CPU time (user + system), system time and minor page faults over the whole step."""
     sync()
-    u0 = _rusage()
+    u0 = bench_env.rusage()
     t0 = time.perf_counter()
     _, masks = encoder_step(m, x1, x2, batched)
     sync()
@@ -220,9 +210,10 @@ def timed_step(m: Adios, x1, x2, batched: bool, sync: Callable) -> Dict[str, flo
     masker_step(m, x1, x2, batched, masks)
     sync()
     t2 = time.perf_counter()
-    u1 = _rusage()
+    u1 = bench_env.rusage()
     return {"total_s": t2 - t0, "encoder_s": t1 - t0, "masker_s": t2 - t1,
-            "cpu_s": u1[0] - u0[0], "sys_s": u1[1] - u0[1], "minor_faults": u1[2] - u0[2]}
+            "cpu_s": (u1["user_s"] + u1["sys_s"]) - (u0["user_s"] + u0["sys_s"]),
+            "sys_s": u1["sys_s"] - u0["sys_s"], "minor_faults": u1["minflt"] - u0["minflt"]}
 
 
 def redundant_pieces(a: Adios, x1, sync: Callable, samples: int) -> Dict[str, float]:
@@ -252,11 +243,6 @@ def redundant_pieces(a: Adios, x1, sync: Callable, samples: int) -> Dict[str, fl
     return {k: float(np.median(v)) for k, v in out.items()}
 
 
-def summarize(samples_s: Sequence[float]) -> Dict[str, float]:
-    s = np.asarray(samples_s, dtype=np.float64)
-    q25, med, q75 = np.percentile(s, [25, 50, 75])
-    return {"median_s": float(med), "q25_s": float(q25), "q75_s": float(q75),
-            "iqr_s": float(q75 - q25), "min_s": float(s.min()), "n": int(s.size)}
 
 
 @contextlib.contextmanager
@@ -321,7 +307,7 @@ def bench_config(img_size: int, n: int, args, device: torch.device) -> dict:
                 raw[mode].setdefault(k, []).append(v)
     steps = {}
     for mode in MODES:
-        steps[mode] = summarize(raw[mode]["total_s"])
+        steps[mode] = bench_env.summarize(raw[mode]["total_s"], unit="s")
         for key, name in (("encoder_s", "encoder_median_s"), ("masker_s", "masker_median_s"),
                           ("cpu_s", "cpu_median_s"), ("sys_s", "sys_median_s"),
                           ("minor_faults", "minor_faults_median")):
@@ -456,21 +442,6 @@ def run_memory(mode: str, img_size: int, n: int, args) -> dict:
 
 
 # ---------------------------------------------------------------------------- reporting
-def environment(device: torch.device) -> dict:
-    env = {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "python": sys.version.split()[0], "platform": platform.platform(),
-        "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "numpy": np.__version__, "device": str(device), "cpu_model": cpu_model(),
-        "cpu_count": os.cpu_count(), "torch_num_threads": torch.get_num_threads(),
-        "torch_num_interop_threads": torch.get_num_interop_threads(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "load_average_at_start": load_average(),
-    }
-    if device.type == "cuda":
-        env["cuda_device"] = torch.cuda.get_device_name(device)
-        env["cuda_version"] = torch.version.cuda
-    return env
 
 
 def _mem(r: dict, mode: str, key: str) -> float:
@@ -649,19 +620,11 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.repeats < 1 or args.warmup < 1 or args.threads < 1:
         raise SystemExit("need --repeats >= 1, --warmup >= 1 and --threads >= 1")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda asked for but torch.cuda.is_available() is False")
-    torch.set_num_threads(args.threads)
-    try:
-        torch.set_num_interop_threads(args.threads)
-    except RuntimeError:
-        pass
     if args.measure_peak:
+        bench_env.setup_torch(args.device, args.threads)
         return memory_child(args)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    env = environment(device)
+    device = bench_env.setup_torch(args.device, args.threads)
+    env = bench_env.environment(device)
     print(f"torch {env['torch']} on {env['device']} ({env['cpu_model']}), "
           f"{env['torch_num_threads']} thread(s)", flush=True)
 

@@ -105,3 +105,72 @@ def save_results(out_dir: str, name: str, record: dict, write_csv, plot, plot_ar
     write_csv(paths["csv"], record["results"])
     plot(paths["png"], record["results"], record["environment"], plot_args)
     print("wrote " + ", ".join(os.path.relpath(p) for p in paths.values()) + f"  ({summary})")
+
+
+def rusage() -> dict:
+    """This process's CPU time so far (``user_s``, ``sys_s``) and minor page faults
+    (``minflt``); zeros where the OS has no ``getrusage``."""
+    if resource is None:
+        return {"user_s": 0.0, "sys_s": 0.0, "minflt": 0}
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return {"user_s": r.ru_utime, "sys_s": r.ru_stime, "minflt": r.ru_minflt}
+
+
+def summarize(samples, unit: str = "ms", scale: float = 1.0) -> dict:
+    """Median, quartiles, IQR and minimum of timing ``samples`` (multiplied by ``scale``), keys
+    suffixed with ``unit`` (``median_ms``, ...), and the count ``n``."""
+    import numpy as np
+
+    x = np.asarray(samples, dtype=np.float64) * scale
+    q25, med, q75 = np.percentile(x, [25, 50, 75])
+    return {f"median_{unit}": float(med), f"q25_{unit}": float(q25), f"q75_{unit}": float(q75),
+            f"iqr_{unit}": float(q75 - q25), f"min_{unit}": float(x.min()), "n": int(x.size)}
+
+
+def setup_torch(device_name: str, threads: int):
+    """The ``torch.device`` to time on, with ``threads`` intra- and inter-op threads (the
+    inter-op pool can only be sized once per process) and cuDNN autotuning on CUDA. Exits with
+    a message if CUDA is asked for and missing."""
+    import torch
+
+    device = torch.device(device_name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda asked for but torch.cuda.is_available() is False")
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(threads)
+    except RuntimeError:
+        pass  # already fixed by earlier parallel work; the JSON records the actual value
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return device
+
+
+def environment(device, **extra) -> dict:
+    """Machine and library facts for a result file: date, Python, platform, torch (+
+    torchvision, numpy), device, CPU model and count, thread pools, load average; the CUDA device
+    where there is one; then ``extra``."""
+    import datetime
+    import numpy as np
+    import torch
+
+    env = {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "python": sys.version.split()[0], "platform": platform.platform(),
+        "torch": torch.__version__, "numpy": np.__version__, "device": str(device),
+        "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
+        "torch_num_threads": torch.get_num_threads(),
+        "torch_num_interop_threads": torch.get_num_interop_threads(),
+        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_at_start": load_average(),
+    }
+    try:
+        import torchvision
+        env["torchvision"] = torchvision.__version__
+    except ImportError:
+        pass
+    if getattr(device, "type", str(device)) == "cuda":
+        env["cuda_device"] = torch.cuda.get_device_name(device)
+        env["cuda_version"] = torch.version.cuda
+    env.update(extra)
+    return env

@@ -63,16 +63,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network (timm 
 
 import argparse  # noqa: E402
 import csv  # noqa: E402
-import datetime as _dt  # noqa: E402
 import gc  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
-import resource  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
-from typing import Callable, Dict, List, Sequence  # noqa: E402
+from typing import Callable, Dict, List  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
@@ -86,7 +83,7 @@ except ImportError:  # not installed: use the source tree
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from bench_env import (cpu_model, load_average, make_sync, maxrss_mb, peak_mb,  # noqa: E402
+from bench_env import (load_average, make_sync, maxrss_mb, peak_mb,  # noqa: E402
                        proc_status_mb, reset_peak_rss, save_results)
 
 warnings.filterwarnings("ignore", message=r".*(pretrained|weight enum|weights).*")
@@ -225,16 +222,8 @@ def check_fishfast_matches_fish(db, device: torch.device, num_domains: int, step
 
 
 # ---------------------------------------------------------------------------- timing
-def _rusage():
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return (r.ru_minflt, r.ru_utime, r.ru_stime)
 
 
-def summarize(samples_ms: Sequence[float]) -> Dict[str, float]:
-    ms = np.asarray(samples_ms, dtype=np.float64)
-    q25, med, q75 = np.percentile(ms, [25, 50, 75])
-    return {"median_ms": float(med), "q25_ms": float(q25), "q75_ms": float(q75),
-            "iqr_ms": float(q75 - q25), "min_ms": float(ms.min()), "n": int(ms.size)}
 
 
 def time_updates(algs: Dict[str, object], batches, sync, warmup: int, steps: int) -> dict:
@@ -247,20 +236,20 @@ def time_updates(algs: Dict[str, object], batches, sync, warmup: int, steps: int
 
     def one(n, timed):
         sync()
-        before = _rusage()
+        before = bench_env.rusage()
         t0 = time.perf_counter()
         out = algs[n].update(batches)
         sync()
         dt = 1e3 * (time.perf_counter() - t0)
-        after = _rusage()
+        after = bench_env.rusage()
         r = rec[n]
         if not timed:
             r["warmup_ms"].append(dt)
             return
         r["ms"].append(dt)
-        r["minor_faults"].append(after[0] - before[0])
-        r["user_ms"].append(1e3 * (after[1] - before[1]))
-        r["sys_ms"].append(1e3 * (after[2] - before[2]))
+        r["minor_faults"].append(after["minflt"] - before["minflt"])
+        r["user_ms"].append(1e3 * (after["user_s"] - before["user_s"]))
+        r["sys_ms"].append(1e3 * (after["sys_s"] - before["sys_s"]))
         r["gip_logged"].append("gip" in out)
 
     for i in range(warmup):
@@ -294,7 +283,7 @@ def time_pieces(pieces: Dict[str, Callable], sync, samples: int, min_sample_ms: 
                 pieces[k]()
             sync()
             raw[k].append(1e3 * (time.perf_counter() - t0) / calls[k])
-    return {k: {**summarize(raw[k]), "calls_per_sample": calls[k], "raw_ms": raw[k]} for k in pieces}
+    return {k: {**bench_env.summarize(raw[k]), "calls_per_sample": calls[k], "raw_ms": raw[k]} for k in pieces}
 
 
 def overhead_pieces(fish_alg, fast_alg, device: torch.device, num_domains: int) -> Dict[str, Callable]:
@@ -426,7 +415,7 @@ def bench_model(model: str, args, db, device: torch.device) -> dict:
     stats = {}
     for v in VARIANTS:
         r = rec[v]
-        s = summarize(r["ms"])
+        s = bench_env.summarize(r["ms"])
         s.update(warmup_ms=r["warmup_ms"], sys_ms_median=float(np.median(r["sys_ms"])),
                  minor_faults_median=float(np.median(r["minor_faults"])),
                  cpu_per_wall_median=float(np.median(
@@ -500,26 +489,11 @@ def bench_model(model: str, args, db, device: torch.device) -> dict:
 
 # ---------------------------------------------------------------------------- reporting
 def environment(device: torch.device) -> dict:
-    import torchvision
     from gradmatch.domainbed.locate import PINNED_COMMIT, ensure_importable
 
-    env = {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "python": sys.version.split()[0], "platform": platform.platform(),
-        "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "numpy": np.__version__, "gradmatch": getattr(gradmatch, "__version__", "unknown"),
-        "domainbed_checkout": str(ensure_importable()),
-        "domainbed_pinned_commit": PINNED_COMMIT,
-        "device": str(device), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-        "torch_num_threads": torch.get_num_threads(),
-        "torch_num_interop_threads": torch.get_num_interop_threads(),
-        "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS"),
-        "load_average_at_start": load_average(),
-    }
-    if device.type == "cuda":
-        env["cuda_device"] = torch.cuda.get_device_name(device)
-        env["cuda_version"] = torch.version.cuda
-    return env
+    return bench_env.environment(device, gradmatch=getattr(gradmatch, "__version__", "unknown"),
+                                 domainbed_checkout=str(ensure_importable()),
+                                 domainbed_pinned_commit=PINNED_COMMIT)
 
 
 def _mem(r: dict, v: str) -> str:
@@ -747,16 +721,7 @@ def main(argv=None) -> int:
         return memory_child(args)
     if min(args.steps[m] for m in args.models) < 1 or args.domains < 1 or args.threads < 1:
         raise SystemExit("need --steps >= 1, --domains >= 1 and --threads >= 1")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda asked for but torch.cuda.is_available() is False")
-    torch.set_num_threads(args.threads)
-    try:
-        torch.set_num_interop_threads(args.threads)
-    except RuntimeError:
-        pass
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    device = bench_env.setup_torch(args.device, args.threads)
 
     scratch = None
     if args.torch_home is None:

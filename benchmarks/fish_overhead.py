@@ -40,28 +40,26 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import datetime as _dt
 import functools
 import gc
 import os
-import platform
 import sys
-try:
-    import resource
-except ImportError:  # not on Windows
-    resource = None
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-from bench_env import cpu_model, load_average, make_sync, save_results
-from torch import nn
+import bench_env  # stdlib only: before torch
 
-import gradmatch
-from gradmatch import Fish
-from gradmatch.losses import check_finite, cross_entropy_loss
+bench_env.size_thread_pools_from_argv()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from bench_env import load_average, make_sync, save_results  # noqa: E402
+from torch import nn  # noqa: E402
+
+import gradmatch  # noqa: E402
+from gradmatch import Fish  # noqa: E402
+from gradmatch.losses import check_finite, cross_entropy_loss  # noqa: E402
+from gradmatch.nets import SpriteCNN  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "results")
@@ -72,39 +70,9 @@ VARIANTS = ("floor", "fish", "deepcopy-fish")
 
 
 # ---------------------------------------------------------------------------- models
-try:  # the package's own small CNN (the official Fish CdSprites classifier shape)
-    from gradmatch.nets import SpriteCNN
-except ImportError:  # older checkouts: a local stand-in of the same size
-    SpriteCNN = None
-
-
-class SmallCNN(nn.Module):
-    """Fallback: 4 x (conv3x3 stride 2 -> BatchNorm -> ReLU), avg pool, linear: ~0.24M params."""
-
-    def __init__(self, num_classes: int = 10, channels: Sequence[int] = (32, 64, 128, 128)):
-        super().__init__()
-        layers: List[nn.Module] = []
-        c_in = 3
-        for c_out in channels:
-            layers += [nn.Conv2d(c_in, c_out, 3, stride=2, padding=1, bias=False),
-                       nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
-            c_in = c_out
-        self.features = nn.Sequential(*layers)
-        self.fc = nn.Linear(c_in, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
-
-
-def cnn_impl() -> str:
-    return "gradmatch.nets.SpriteCNN" if SpriteCNN is not None else "fish_overhead.SmallCNN"
-
-
 def build_model(name: str, num_classes: int, image_size: int) -> nn.Module:
     if name == "cnn":
-        if SpriteCNN is not None:
-            return SpriteCNN(num_classes=num_classes, in_channels=3, image_size=image_size)
-        return SmallCNN(num_classes)
+        return SpriteCNN(num_classes=num_classes, in_channels=3, image_size=image_size)
     if name == "resnet18":
         import torchvision
         return torchvision.models.resnet18(weights=None, num_classes=num_classes)
@@ -193,18 +161,8 @@ def time_call(fn: Callable, sync: Callable, reps: int = 1) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def summarize(samples_s: Sequence[float]) -> Dict[str, float]:
-    ms = np.asarray(samples_s, dtype=np.float64) * 1e3
-    q25, med, q75 = np.percentile(ms, [25, 50, 75])
-    return {"median_ms": float(med), "q25_ms": float(q25), "q75_ms": float(q75),
-            "iqr_ms": float(q75 - q25), "min_ms": float(ms.min()), "n": int(ms.size)}
 
 
-def _rusage():
-    if resource is None:
-        return (0, 0.0, 0.0)
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return (r.ru_minflt, r.ru_utime, r.ru_stime)
 
 
 def interleaved(fns: Dict[str, Callable], sync: Callable, warmup: int, reps: int,
@@ -225,11 +183,12 @@ def interleaved(fns: Dict[str, Callable], sync: Callable, warmup: int, reps: int
     out: Dict[str, List[float]] = {n: [] for n in names}
     for i in range(reps):
         for n in (names if i % 2 == 0 else names[::-1]):
-            before = _rusage()
+            before = bench_env.rusage()
             out[n].append(time_call(fns[n], sync, calls_per_sample[n]))
             if usage is not None:
-                after = _rusage()
-                usage.setdefault(n, []).append(tuple(b - a for a, b in zip(before, after)))
+                after = bench_env.rusage()
+                usage.setdefault(n, []).append(tuple(after[k] - before[k] for k in
+                                                     ("minflt", "user_s", "sys_s")))
     return out
 
 
@@ -325,7 +284,7 @@ def bench_model(name: str, args, device: torch.device) -> dict:
     t_start = time.perf_counter()
     usage: Dict[str, list] = {}
     raw = interleaved(fns, sync, args.warmup, args.steps, usage=usage)
-    steps = {v: summarize(raw[v]) for v in variants}
+    steps = {v: bench_env.summarize(raw[v], scale=1e3) for v in variants}
     for v in variants:
         faults, user_s, sys_s = (np.asarray(x, dtype=np.float64) for x in zip(*usage[v]))
         steps[v].update(minor_faults_median=float(np.median(faults)),
@@ -353,7 +312,7 @@ def bench_model(name: str, args, device: torch.device) -> dict:
     raw_pieces = interleaved(piece_fns, sync, 1, args.piece_samples, calls)
     pieces = {}
     for k in piece_fns:
-        pieces[k] = summarize(raw_pieces[k])
+        pieces[k] = bench_env.summarize(raw_pieces[k], scale=1e3)
         pieces[k]["calls_per_sample"] = calls[k]
         pieces[k]["pct_of_floor"] = 100.0 * pieces[k]["median_ms"] / floor_med
     fish_keys = [k for k in piece_fns if k in ("copy-in", "meta-step") or k.startswith("finite check")
@@ -368,7 +327,7 @@ def bench_model(name: str, args, device: torch.device) -> dict:
     print(f"[{name}] done in {time.perf_counter() - t_start:.0f} s "
           f"(steps {t_steps:.0f} s)", flush=True)
     return {
-        "model": name, "implementation": cnn_impl() if name == "cnn" else "torchvision resnet18",
+        "model": name, "implementation": "gradmatch.nets.SpriteCNN" if name == "cnn" else "torchvision resnet18",
         "params": n_params, "batch_per_domain": batch,
         "steps": steps, "pieces": pieces,
         "fish_bookkeeping_ms": bookkeeping_ms,
@@ -383,23 +342,6 @@ def bench_model(name: str, args, device: torch.device) -> dict:
 
 
 # ---------------------------------------------------------------------------- reporting
-def environment(device: torch.device) -> dict:
-    import torchvision
-    env = {
-        "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-        "python": sys.version.split()[0], "platform": platform.platform(),
-        "torch": torch.__version__, "torchvision": torchvision.__version__,
-        "gradmatch": getattr(gradmatch, "__version__", "unknown"),
-        "numpy": np.__version__,
-        "device": str(device), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
-        "torch_num_threads": torch.get_num_threads(),
-        "torch_num_interop_threads": torch.get_num_interop_threads(),
-        "load_average_at_start": load_average(),
-    }
-    if device.type == "cuda":
-        env["cuda_device"] = torch.cuda.get_device_name(device)
-        env["cuda_version"] = torch.version.cuda
-    return env
 
 
 def format_table(results: List[dict], args) -> str:
@@ -542,17 +484,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.steps < 4 or args.domains < 1 or args.threads < 1:
         raise SystemExit("need --steps >= 4, --domains >= 1 and --threads >= 1")
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda asked for but torch.cuda.is_available() is False")
-    torch.set_num_threads(args.threads)
-    try:
-        torch.set_num_interop_threads(args.threads)
-    except RuntimeError:
-        pass  # already fixed by earlier parallel work; recorded in the JSON either way
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    env = environment(device)
+    device = bench_env.setup_torch(args.device, args.threads)
+    env = bench_env.environment(device, gradmatch=getattr(gradmatch, "__version__", "unknown"))
     print(f"torch {env['torch']} on {env['device']} ({env['cpu_model']}), "
           f"{env['torch_num_threads']} thread(s), inner optimizer {args.optimizer}", flush=True)
 

@@ -17,7 +17,6 @@ import argparse
 import csv
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -72,18 +71,12 @@ def timed_run(args, algorithm: str, devices: int, precision: str) -> dict:
             raise RuntimeError(f"{' '.join(command)} failed:\n{run.stderr[-3000:]}")
         log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     train = [r for r in log if r["kind"] == "train"]
-    times = [r["sec_per_step"] for r in train[args.warmup:]]
+    stats = bench_env.summarize([r["sec_per_step"] for r in train[args.warmup:]], scale=1e3)
     examples = args.batch_size * (args.num_domains if algorithm == "fish" else 1)
-    median = statistics.median(times)
     return {"algorithm": algorithm, "devices": devices, "precision": precision,
-            "ms_per_step": 1e3 * median, "ms_per_step_iqr": 1e3 * _iqr(times),
-            "examples_per_s": examples / median, "first_loss": train[0]["loss"],
-            "last_loss": train[-1]["loss"], "wall_s": wall, "timed_steps": len(times)}
-
-
-def _iqr(values):
-    q = statistics.quantiles(values, n=4)
-    return q[2] - q[0]
+            "ms_per_step": stats["median_ms"], "ms_per_step_iqr": stats["iqr_ms"],
+            "examples_per_s": 1e3 * examples / stats["median_ms"], "first_loss": train[0]["loss"],
+            "last_loss": train[-1]["loss"], "wall_s": wall, "timed_steps": stats["n"]}
 
 
 def add_ratios(results):
@@ -140,17 +133,10 @@ def main():
         print(f"{r['algorithm']:<9} {r['devices']:>5} {r['precision']:<11} {r['ms_per_step']:>8.1f} "
               f"{r['ms_per_step_iqr']:>6.1f} {r['examples_per_s']:>8.0f} "
               f"{r['speedup_vs_1proc_fp32']:>8.2f} {eff:>10} {r['first_loss']:>10.4f}")
-    env = {"cpu": bench_env.cpu_model(), "load_average": bench_env.load_average(),
-           "accelerator": args.accelerator, "threads": args.threads, "image_size": args.image_size,
-           "num_domains": args.num_domains, "batch_size": args.batch_size, "steps": args.steps,
-           "warmup": args.warmup, "python": sys.version.split()[0]}
-    try:
-        import torch
-        env["torch"] = torch.__version__
-        if args.accelerator in ("gpu", "cuda") and torch.cuda.is_available():
-            env["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
+    device = "cuda" if args.accelerator in ("gpu", "cuda") else "cpu"
+    env = bench_env.environment(device, accelerator=args.accelerator, threads=args.threads,
+                                image_size=args.image_size, num_domains=args.num_domains,
+                                batch_size=args.batch_size, steps=args.steps, warmup=args.warmup)
     bench_env.save_results(args.out, args.name, {"environment": env, "results": results},
                            write_csv, plot, None, summary="ratios vs 1 process float32")
 
