@@ -387,7 +387,7 @@ def test_directional_simsiam_terms_are_the_official_ones(images):
 
 
 def test_symmetric_pairs_false_is_refused_without_a_directional_loss(images):
-    from adios_ssl.sololearn.method import ADIOSConfigError
+    from adios_ssl.sololearn.config import ADIOSConfigError
 
     with pytest.raises(ADIOSConfigError, match="only simsiam_adios defines"):
         build("cpu_simclr_adios", images, "+method_kwargs.symmetric_pairs=false")
@@ -416,3 +416,39 @@ def test_baseline_masks_train_with_one_optimizer(images, tmp_path, generator):
                                   batch_size=None))
     assert len(trainer.optimizers) == 1 and int(model.adios_batches) == 1
     assert not torch.equal(before["backbone.conv1.weight"], model.backbone.conv1.weight)
+
+
+def _solo_test_utils():
+    """solo-learn's own test helpers (``tests/methods/utils.py`` of the checkout)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("solo_test_utils",
+                                                  CHECKOUT / "tests" / "methods" / "utils.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_an_adios_method_builds_and_trains_from_solo_learns_own_test_config():
+    """Whatever config the parent method builds from, its ADIOS version builds from too: here
+    solo-learn's test config (no augmentations, so no crop size; ``devices: 1``, an int), and
+    one fit through solo-learn's own dummy loaders (224 px crops: the masker's default)."""
+    from adios_ssl.sololearn.register import register
+
+    register()
+    from solo.methods import METHODS
+
+    utils = _solo_test_utils()
+    cfg = utils.gen_base_cfg("simclr_adios", batch_size=2, num_classes=10)
+    cfg.method_kwargs = {"proj_output_dim": 32, "proj_hidden_dim": 64, "temperature": 0.2,
+                         "N": 2, "mask_fbase": 8}
+    model = METHODS["simclr_adios"](cfg)
+    assert model.masker.img_size == 224 and model.mask_lr == pytest.approx(0.1 * 2 / 256)
+    batch, _ = utils.gen_batch(2, 10, "imagenet100")
+    assert model(batch[1][0])["z"].shape == (2, 32)
+    before = [p.detach().clone() for p in model.masker.parameters()]
+    train, val = utils.prepare_dummy_dataloaders("imagenet100", num_large_crops=2, num_classes=10,
+                                                 batch_size=2)
+    utils.gen_trainer(cfg).fit(model, train, val)
+    assert int(model.adios_batches) == 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.masker.parameters()))

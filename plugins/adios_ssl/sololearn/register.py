@@ -16,7 +16,11 @@ except ImportError:  # pragma: no cover - hydra not installed: registration stil
 
 
 def register() -> Dict[str, type]:
-    """Insert every ADIOS method into ``solo.methods.METHODS`` (idempotent); returns them."""
+    """Make solo-learn master importable (:func:`~adios_ssl.sololearn.locate.ensure_importable`),
+    then insert every ADIOS method into ``solo.methods.METHODS`` (idempotent); returns them."""
+    from .locate import ensure_importable
+
+    ensure_importable()
     from solo.methods import METHODS
 
     from .method import ADIOS_METHODS
