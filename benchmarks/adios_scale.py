@@ -229,10 +229,8 @@ def plot(path: str, results: List[dict], env: dict, args) -> None:
     ax.set_ylabel("training images per second (median batch)")
     ax.set_title(f"SimCLR-ADIOS, ResNet-18, {args.image_size} px, N={args.num_masks}, "
                  f"batch {args.batch} per process", fontsize=10)
-    hw = env.get("cuda_device") if env["device"] == "cuda" else env["cpu_model"]
-    fig.suptitle(f"ADIOS throughput through Lightning: processes and precision\n{env['device']} "
-                 f"({hw}), {args.threads} thread(s)/process, torch {env['torch']}, "
-                 f"{env['date'][:10]}", fontsize=10)
+    fig.suptitle("ADIOS throughput through Lightning: processes and precision\n"
+                 + bench_env.machine_line(env, f"{args.threads} thread(s)/process"), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

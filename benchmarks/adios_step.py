@@ -575,10 +575,9 @@ def plot(path: str, results: List[dict], env: dict, args) -> None:
         ax.set_title("peak memory (" + ("CUDA allocated" if env["device"].startswith("cuda")
                                         else "RSS") + f", {args.memory_steps} steps)", fontsize=10)
         ax.legend(loc="upper left", fontsize=8, frameon=False)
-    hw = env.get("cuda_device") if env["device"].startswith("cuda") else env["cpu_model"]
-    fig.suptitle(f"ADIOS training step: batched masked views vs the official order (ResNet-18 + "
-                 f"SimCLR)\n{env['device']} ({hw}), {env['torch_num_threads']} thread(s), "
-                 f"torch {env['torch']}, {env['date'][:10]}", fontsize=10)
+    fig.suptitle("ADIOS training step: batched masked views vs the official order (ResNet-18 + "
+                 "SimCLR)\n" + bench_env.machine_line(env, f"{env['torch_num_threads']} thread(s)"),
+                 fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

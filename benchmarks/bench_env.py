@@ -174,3 +174,10 @@ def environment(device, **extra) -> dict:
         env["cuda_version"] = torch.version.cuda
     env.update(extra)
     return env
+
+
+def machine_line(env: dict, threads: str) -> str:
+    """``"<device> (<CPU or GPU model>), <threads>, torch <version>, <date>"`` for plot titles."""
+    device = str(env["device"])
+    hardware = env.get("cuda_device") if device.startswith("cuda") else env["cpu_model"]
+    return f"{device} ({hardware}), {threads}, torch {env['torch']}, {env['date'][:10]}"

@@ -29,15 +29,9 @@ import numpy as np
 import pytest
 import torch
 
-from adios_ssl.sololearn.locate import SoloLearnNotFound, find_checkout
+from solo_helpers import checkout_or_skip, solo_command, write_images
 
-try:
-    CHECKOUT = find_checkout()
-    import lightning  # noqa: F401
-    import hydra  # noqa: F401
-except (SoloLearnNotFound, ImportError) as err:  # pragma: no cover - depends on the machine
-    pytest.skip(f"solo-learn plugin tests need a solo-learn checkout and the `solo` extra: {err}",
-                allow_module_level=True)
+CHECKOUT = checkout_or_skip()
 
 pytestmark = pytest.mark.slow
 
@@ -245,27 +239,13 @@ def test_per_view_batch_norm_with_torch_sync_batch_norm_on_two_gpus(tmp_path):  
 def images(tmp_path_factory) -> Path:
     """6 classes of 64x64 PNGs: a coloured square (class colour) on noise; ``pretrain`` is a
     small training split (24 images)."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", TRAIN_PER_CLASS), ("val", VAL_PER_CLASS),
-                         ("pretrain", PRETRAIN_PER_CLASS)):
-        for c in range(CLASSES):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = (rng.random((SIZE, SIZE, 3)) * 60).astype(np.uint8)
-                y, x = rng.integers(4, 36, 2)
-                side = rng.integers(12, 26)
-                pixels[y:y + side, x:x + side] = (40 * c, 255 - 40 * c, 120)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
+    return write_images(tmp_path_factory.mktemp("images"),
+                        {"train": TRAIN_PER_CLASS, "val": VAL_PER_CLASS,
+                         "pretrain": PRETRAIN_PER_CLASS}, CLASSES, SIZE)
 
 
 def solo(script: str, config: str, *overrides: str, cwd: Path, extra_env=None):
-    command = [sys.executable, str(CHECKOUT / script), "--config-path", "pkg://adios_ssl.configs",
-               "--config-name", config, *overrides]
+    command = solo_command(CHECKOUT, script, config, *overrides)
     run = subprocess.run(command, cwd=cwd, env=env(**(extra_env or {})), capture_output=True,
                          text=True, timeout=600)
     assert run.returncode == 0, f"{script} failed:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"

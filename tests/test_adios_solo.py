@@ -14,19 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
-from adios_ssl.sololearn.locate import SoloLearnNotFound, find_checkout
+from solo_helpers import checkout_or_skip, solo_command, write_images
 
-try:
-    CHECKOUT = find_checkout()
-    import lightning  # noqa: F401
-    import hydra  # noqa: F401
-except (SoloLearnNotFound, ImportError) as err:  # pragma: no cover - depends on the machine
-    pytest.skip(f"solo-learn plugin tests need a solo-learn checkout and the `solo` extra: {err}",
-                allow_module_level=True)
+CHECKOUT = checkout_or_skip()
 
 pytestmark = pytest.mark.slow
 
@@ -39,27 +32,13 @@ BATCHES_PER_EPOCH = CLASSES * TRAIN_PER_CLASS // BATCH  # drop_last=True
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
     """6 classes of 64x64 PNGs: a coloured square (class colour) on noise."""
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("images")
-    rng = np.random.default_rng(0)
-    for split, count in (("train", TRAIN_PER_CLASS), ("val", VAL_PER_CLASS)):
-        for c in range(CLASSES):
-            folder = root / split / f"class{c}"
-            folder.mkdir(parents=True)
-            for i in range(count):
-                pixels = (rng.random((SIZE, SIZE, 3)) * 60).astype(np.uint8)
-                y, x = rng.integers(4, 36, 2)
-                side = rng.integers(12, 26)
-                pixels[y:y + side, x:x + side] = (40 * c, 255 - 40 * c, 120)
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
+    return write_images(tmp_path_factory.mktemp("images"),
+                        {"train": TRAIN_PER_CLASS, "val": VAL_PER_CLASS}, CLASSES, SIZE)
 
 
 def solo(script: str, config: str, *overrides: str, cwd: Path, timeout: int = 600,
          background: bool = False):
-    command = [sys.executable, str(CHECKOUT / script), "--config-path", "pkg://adios_ssl.configs",
-               "--config-name", config, *overrides]
+    command = solo_command(CHECKOUT, script, config, *overrides)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
     if background:
         return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,

@@ -22,20 +22,21 @@ replicas stay identical (checked bitwise at every checkpoint); evaluation splits
 over the processes, so every example is predicted exactly once. Only process 0 writes files.
 Checkpoints hold every process's RNG state and load onto the CPU first, so a run resumes on
 another device type or number of processes.
+
+This module owns the training loop and the run's life (start, resume, finish); the settings and
+folder rules are :mod:`.run_config`, persistence :mod:`.checkpoint`, evaluation and selection
+:mod:`.evaluation`, the terminal :mod:`.console`. The ERM warm-up is the learner's
+(``Fish.in_warmup``); the loop only picks the pooled batches while it lasts and starts Fish's
+epochs when it ends.
 """
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
-import os
 import random
-import signal
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -43,102 +44,15 @@ from torch.utils.data import DataLoader
 
 from .. import distributed as D
 from ..erm import ERM
-from ..fish import STEP_SIZES, Fish
-from ..optim import OPTIMIZERS
+from ..fish import Fish
 from . import presets as P
+from .checkpoint import RunLog, atomic_save, load_checkpoint, rng_state, set_rng_state
 from .compat import apply_compat
+from .console import DeferredInterrupt, progress_bar
+from .evaluation import Evaluator, Selection
 from .predictions import replicate_name, write_predictions
+from .run_config import RunConfig, RunInterrupted, check_run_folder
 from .samplers import DomainBatchPlanner, PooledBatchPlanner
-
-ALGORITHMS = ("fish", "erm")
-
-
-@dataclass
-class RunConfig:
-    """A training run. ``None`` fields take the dataset preset's (official Fish) value."""
-
-    dataset: str
-    out_dir: str
-    algorithm: str = "fish"
-    root_dir: str = "data"
-    seed: int = 0
-    fold: Optional[str] = None              # Poverty's fold (A-E); the replicate name follows it
-    batch_size: Optional[int] = None        # per domain for Fish; per step for ERM
-    lr: Optional[float] = None              # inner (Fish) / main (ERM) optimizer lr
-    optimizer: Optional[str] = None         # "adam" | "sgd" (default: the preset's)
-    momentum: Optional[float] = None        # SGD momentum (default: the preset's, else 0)
-    meta_lr: Optional[float] = None
-    meta_steps: Optional[int] = None        # domains per Fish step
-    step_size: str = "official"             # a key of gradmatch.fish.STEP_SIZES
-    reset_inner_optimizer: Optional[bool] = None
-    erm_warmup_steps: Optional[int] = None
-    epochs: Optional[int] = None
-    max_steps: Optional[int] = None         # stop after this many learner steps (all phases)
-    eval_every: Optional[int] = None        # steps; 0 = only at epoch ends and at the end
-    eval_splits: Optional[List[str]] = None  # default: every non-train split
-    selection_metric: Optional[str] = None
-    selection_split: Optional[str] = None
-    pretrained: Optional[bool] = None
-    checkpoint_every: int = 200
-    gip_every: int = 0                      # track GIP every this many steps (0 = off)
-    log_every: int = 10
-    frac: float = 1.0                       # fraction of each split to use (smoke runs)
-    num_workers: int = 0
-    accelerator: str = "auto"               # Lightning's meanings (gradmatch.distributed)
-    devices: Any = 1
-    num_nodes: int = 1
-    strategy: str = "auto"
-    precision: str = "32-true"
-    sync_batchnorm: bool = False
-    download: bool = False
-    progress: bool = True
-    dataset_kwargs: Dict[str, Any] = field(default_factory=dict)
-
-    def validate(self) -> None:
-        if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {self.algorithm!r}; choose one of {ALGORITHMS}")
-        if self.step_size not in STEP_SIZES:
-            raise ValueError(f"--step-size must be one of: " + "; ".join(
-                f"{k} ({v})" for k, v in STEP_SIZES.items()))
-        positive = {"batch_size": self.batch_size, "lr": self.lr, "meta_lr": self.meta_lr,
-                    "meta_steps": self.meta_steps, "epochs": self.epochs, "max_steps": self.max_steps}
-        for name, value in positive.items():
-            if value is not None and not (math.isfinite(value) and value > 0):
-                raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value!r}")
-        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"--optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
-        if self.momentum is not None and not 0 <= self.momentum < 1:
-            raise ValueError(f"--momentum must be in [0, 1), got {self.momentum!r}")
-        if not 0 < self.frac <= 1:
-            raise ValueError(f"--frac must be in (0, 1], got {self.frac!r}")
-        if self.checkpoint_every < 1 or self.log_every < 1:
-            raise ValueError("--checkpoint-every and --log-every must be >= 1")
-        D.check_precision(self.precision, self.accelerator)
-        if self.sync_batchnorm and self.accelerator == "cpu":
-            raise ValueError("--sync-batchnorm needs CUDA devices (torch has no SyncBatchNorm on "
-                             "the CPU); drop it on a CPU")
-
-
-class RunExistsError(FileExistsError):
-    """The output folder holds another run; resume it or choose another folder."""
-
-
-class RunInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped the run at a step boundary, after saving a checkpoint there."""
-
-
-# The configuration keys a resumed run must share with the saved one.
-RESUME_KEYS = ("dataset", "algorithm", "seed", "fold", "frac", "dataset_kwargs")
-
-
-# ---------------------------------------------------------------------------------------- setup
-def logits_to_prediction(loss: str, logits: torch.Tensor) -> torch.Tensor:
-    """What ``dataset.eval`` and the prediction files take: class ids, or raw values for regression."""
-    if loss == "cross_entropy":
-        return logits.argmax(-1)
-    if loss == "binary_cross_entropy":
-        return (logits.reshape(-1) > 0).long()
-    return logits.reshape(logits.shape[0], -1).squeeze(-1)
 
 
 def _to_device(batch, device):
@@ -154,43 +68,6 @@ def _split_batch(batch, sizes: List[int]):
     return parts
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path) -> dict:
-    """A checkpoint, always onto the CPU (``weights_only``): the learner's ``load_state_dict``
-    moves tensors to the run's device, and the RNG states must stay CPU byte tensors
-    (``torch.set_rng_state`` rejects others), whatever device the run that wrote it used."""
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def _rng_state() -> dict:
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)),
-                                                        pos, has_gauss, cached],
-             "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    kind, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    random.setstate(_tuples(state["python"]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def _tuples(x):
-    return tuple(_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-# ---------------------------------------------------------------------------------------- run
 class Run:
     """One training run; ``Run(cfg).train()`` starts or resumes it and returns the summary."""
 
@@ -211,7 +88,7 @@ class Run:
         self.backend = D.FabricBackend(self.fabric, cfg.precision)
         self.rank = self.fabric.global_rank
         self.is_global_zero = self.rank == 0
-        self._on_every_process(self._check_out_dir)
+        self._on_every_process(lambda: check_run_folder(cfg, resume))
         apply_compat()
         self.device = self.fabric.device
         self._seed_everything(cfg.seed)  # the same on every process: identical initial weights
@@ -244,35 +121,6 @@ class Run:
         if self.cfg.fold is not None and preset.replicate != "fold":
             raise ValueError(f"--fold: {self.cfg.dataset} replicates are seeds (--seed), not folds")
         return preset
-
-    def _check_out_dir(self) -> None:
-        ckpt, summary = self.out / "checkpoint.pt", self.out / "summary.json"
-        if self.resume:
-            if summary.exists():
-                raise RunExistsError(f"{self.out} holds a finished run (summary.json); nothing to resume")
-            if not ckpt.exists():
-                raise FileNotFoundError(f"--resume: no checkpoint.pt in {self.out}; start a new run "
-                                        "without --resume")
-            self._check_same_run()
-            return
-        if summary.exists():
-            raise RunExistsError(f"{self.out} holds a finished run (summary.json; --resume has nothing "
-                                 "to continue); choose another --out (nothing is overwritten)")
-        if ckpt.exists():
-            raise RunExistsError(f"{self.out} already holds a run (checkpoint.pt); pass --resume to "
-                                 "continue it, or choose another --out")
-        if self.out.exists() and any(self.out.iterdir()):
-            raise RunExistsError(f"{self.out} is not empty; choose another --out (nothing is overwritten)")
-
-    def _check_same_run(self) -> None:
-        """Refuse to resume with another dataset, algorithm, seed, fold, frac or dataset kwargs."""
-        with open(self.out / "config.json") as f:
-            saved = json.load(f)
-        current = dataclasses.asdict(self.cfg)
-        for key in RESUME_KEYS:
-            if saved.get(key) != current[key]:
-                raise ValueError(f"--resume: {key}={current[key]!r} differs from the saved run's "
-                                 f"{saved.get(key)!r} ({self.out}/config.json)")
 
     def setting(self, name: str):
         """The configured value of ``name``, else the preset's."""
@@ -321,6 +169,10 @@ class Run:
             self.learner = ERM(self.model, optimizer, loss_fn=self.loss_fn, backend=self.backend)
         self.epochs = self.setting("epochs")
         self.eval_every = self.setting("eval_every") or 0
+        self.evaluator = Evaluator(ds, self.model, self.backend, loss=self.preset.loss,
+                                   batch_size=self.preset.eval_batch_size,
+                                   transform=self._transform(train=False), frac=cfg.frac,
+                                   num_workers=cfg.num_workers)
 
     def _optimizer_preset(self) -> "P.Preset":
         """The preset, with its optimizer swapped if ``--optimizer`` names another one."""
@@ -346,37 +198,41 @@ class Run:
     def _transform(self, train: bool):
         return P.build_transform(self.preset, train=train, allow_download=self.cfg.download)
 
-    # ---- schedule
-    def _phase_planner(self, phase: str):
-        return self.per_domain if phase == "fish" else self.pooled
-
-    def _first_phase(self) -> str:
-        if self.cfg.algorithm == "erm":
+    # ---- schedule (the warm-up is the learner's: Fish.in_warmup)
+    def _phase(self) -> str:
+        """``erm``, or Fish's ``warmup`` (ERM steps on pooled batches) then ``fish``."""
+        if isinstance(self.learner, ERM):
             return "erm"
-        return "warmup" if self.learner.erm_warmup_steps > 0 else "fish"
+        return "warmup" if self.learner.in_warmup else "fish"
+
+    def _planner(self, phase: str):
+        return self.per_domain if phase == "fish" else self.pooled
 
     # ---- main loop
     def train(self) -> dict:
         if self.is_global_zero:
             self.out.mkdir(parents=True, exist_ok=True)
         position = self._restore() if self.resume else self._start()
-        phase, epoch, pos, step = position["phase"], position["epoch"], position["pos"], position["step"]
-        self.best = position["best"]
+        epoch, pos, step = position["epoch"], position["pos"], position["step"]
+        self.selection = Selection(self.selection_metric, self.selection_split,
+                                   self.preset.keep_last_checkpoint, self.out / "best_model.pt",
+                                   writer=self.is_global_zero, best=position["best"])
         self._last_eval_step = position.get("last_eval_step")
         self._saved_step = position["step"] if self.resume else None
         total = self._total_steps()
-        bar = _progress(total, step, self.cfg.progress and self.is_global_zero,
-                        f"{self.cfg.algorithm} {self.cfg.dataset}")
-        self._log_file = open(self.out / "log.jsonl", "a") if self.is_global_zero else None
+        bar = progress_bar(total, step, self.cfg.progress and self.is_global_zero,
+                           f"{self.cfg.algorithm} {self.cfg.dataset}")
+        self.log.open()
         try:
-            with _DeferredInterrupt() as interrupt:
-                while not self._finished(phase, epoch, step):
-                    plan = self._phase_planner(phase).plan(epoch)
+            with DeferredInterrupt() as interrupt:
+                while not self._finished(epoch, step):
+                    phase = self._phase()
+                    plan = self._planner(phase).plan(epoch)
                     steps = plan[pos:]
                     if self.cfg.max_steps is not None:
                         steps = steps[:self.cfg.max_steps - step]
                     if phase == "warmup":
-                        steps = steps[:self.learner.erm_warmup_steps - step]
+                        steps = steps[:self.learner.erm_warmup_steps - self.learner.num_steps]
                     steps = [[D.shard(i, self.rank, self.world_size) for i in s] for s in steps]
                     for indices, batch in zip(steps, self._loader(steps, epoch, pos)):
                         t0 = time.perf_counter()
@@ -387,23 +243,24 @@ class Run:
                         stats = self.learner.step(batches, track_gip=track)
                         step, pos = step + 1, pos + 1
                         if step % self.cfg.log_every == 0 or "gip" in stats:
-                            self._log({"kind": "train", "step": step, "epoch": epoch,
-                                       "sec_per_step": time.perf_counter() - t0, **stats, "phase": phase})
+                            self.log.write({"kind": "train", "step": step, "epoch": epoch,
+                                            "sec_per_step": time.perf_counter() - t0, **stats,
+                                            "phase": _phase_name(stats)})
                         bar.update(1)
-                        bar.set_postfix(loss=f"{stats['loss']:.3f}", best=self._best_str(), refresh=False)
+                        bar.set_postfix(loss=f"{stats['loss']:.3f}", best=str(self.selection), refresh=False)
                         if self.eval_every and step % self.eval_every == 0:
                             self._evaluate(step, epoch)
                         if step % self.cfg.checkpoint_every == 0:
-                            self._save(phase, epoch, pos, step)
-                        self._stop_if_interrupted(interrupt, phase, epoch, pos, step)
-                    phase, epoch, pos = self._advance(phase, epoch, pos, step, len(plan))
+                            self._save(epoch, pos, step)
+                        self._stop_if_interrupted(interrupt, epoch, pos, step)
+                    epoch, pos = self._advance(phase, epoch, pos, len(plan))
                     if pos == 0:  # an epoch (or the warm-up) ended
                         self._evaluate(step, epoch)
-                        self._save(phase, epoch, pos, step)
-                        self._stop_if_interrupted(interrupt, phase, epoch, pos, step)
+                        self._save(epoch, pos, step)
+                        self._stop_if_interrupted(interrupt, epoch, pos, step)
                 self._evaluate(step, epoch)
-                self._save(phase, epoch, pos, step)
-                self._stop_if_interrupted(interrupt, phase, epoch, pos, step)
+                self._save(epoch, pos, step)
+                self._stop_if_interrupted(interrupt, epoch, pos, step)
         except RunInterrupted:
             bar.write(f"interrupted at step {step}; checkpoint saved, continue with --resume")
             raise
@@ -415,26 +272,27 @@ class Run:
             raise
         finally:
             bar.close()
-            if self._log_file is not None:
-                self._log_file.close()
+            self.log.close()
         return self._finish()
 
-    def _stop_if_interrupted(self, interrupt, phase, epoch, pos, step) -> None:
+    def _stop_if_interrupted(self, interrupt, epoch, pos, step) -> None:
         if self.backend.any(interrupt.requested):  # a Ctrl-C on any process stops them all here
-            self._save(phase, epoch, pos, step)
+            self._save(epoch, pos, step)
             raise RunInterrupted()
 
-    def _finished(self, phase: str, epoch: int, step: int) -> bool:
+    def _finished(self, epoch: int, step: int) -> bool:
         if self.cfg.max_steps is not None:
             return step >= self.cfg.max_steps
-        return phase != "warmup" and epoch >= self.epochs
+        return self._phase() != "warmup" and epoch >= self.epochs
 
-    def _advance(self, phase, epoch, pos, step, plan_len):
-        if phase == "warmup" and step >= self.learner.erm_warmup_steps:
-            return "fish", 0, 0
+    def _advance(self, phase: str, epoch: int, pos: int, plan_len: int):
+        """The position after a pass over (part of) an epoch's plan: the warm-up ended (Fish's
+        epoch 0 starts), the epoch ended, or neither (stopped by --max-steps)."""
+        if self._phase() != phase:
+            return 0, 0
         if pos >= plan_len:
-            return phase, epoch + 1, 0
-        return phase, epoch, pos
+            return epoch + 1, 0
+        return epoch, pos
 
     def _total_steps(self) -> Optional[int]:
         if self.cfg.max_steps is not None:
@@ -455,67 +313,33 @@ class Run:
                           generator=torch.Generator().manual_seed(int(seed)))
 
     # ---- evaluation and selection
-    @torch.no_grad()
     def predict(self, split: str):
-        """``(y_pred, y_true, metadata)`` of the current model on the whole of ``split``, on
-        every process (each process predicts its contiguous part, in order)."""
-        subset = self.dataset.get_subset(split, frac=self.cfg.frac, transform=self._transform(train=False))
-        shards = D.eval_shards(len(subset), self.world_size)
-        local = torch.utils.data.Subset(subset, shards[self.rank].tolist())
-        loader = DataLoader(local, batch_size=self.preset.eval_batch_size, shuffle=False,
-                            num_workers=self.cfg.num_workers, collate_fn=self.dataset.collate)
-        was_training = self.model.training
-        self.model.eval()
-        preds, ys, metas = [], [], []
-        for x, y, meta in loader:
-            with self.backend.autocast():
-                logits = self.model(x.to(self.device))
-            preds.append(logits_to_prediction(self.preset.loss, logits.float()).cpu())
-            ys.append(y)
-            metas.append(meta)
-        self.model.train(was_training)
-        counts = [len(s) for s in shards]
-        return tuple(self.backend.gather_rows(torch.cat(parts), counts) for parts in (preds, ys, metas))
+        """``(y_pred, y_true, metadata)`` of the current model on the whole of ``split``."""
+        return self.evaluator.predict(split)
 
     def _evaluate(self, step: int, epoch: int) -> None:
         if step == self._last_eval_step:
             return
         self._last_eval_step = step
         for split in self.eval_splits:
-            y_pred, y_true, meta = self.predict(split)
-            metrics = self.dataset.eval(y_pred, y_true, meta)[0]
-            metrics = {k: float(v) for k, v in metrics.items()}
-            self._log({"kind": "eval", "step": step, "epoch": epoch, "split": split, "metrics": metrics})
+            metrics, _ = self.evaluator.metrics(split)
+            self.log.write({"kind": "eval", "step": step, "epoch": epoch, "split": split,
+                            "metrics": metrics})
             if split == self.selection_split:
-                self._select(step, metrics)
-
-    def _select(self, step: int, metrics: dict) -> None:
-        if self.selection_metric not in metrics:
-            raise KeyError(f"selection metric {self.selection_metric!r} not among {sorted(metrics)}; "
-                           "pass --selection-metric")
-        value = metrics[self.selection_metric]
-        better = self.best is None or value > self.best["value"] or self.preset.keep_last_checkpoint
-        if better:
-            self.best = {"step": step, "value": value}
-            if self.is_global_zero:
-                _atomic_save({"model": self.model.state_dict(), "step": step,
-                              self.selection_metric: value}, self.out / "best_model.pt")
-
-    def _best_str(self) -> str:
-        return "-" if self.best is None else f"{self.best['value']:.3f}@{self.best['step']}"
+                self.selection.offer(step, metrics, self.model)
 
     # ---- persistence
     def _start(self) -> dict:
         if self.is_global_zero:
             with open(self.out / "config.json", "w") as f:
                 json.dump(dataclasses.asdict(self.cfg), f, indent=2)
-        self._log_records = 0
-        return {"phase": self._first_phase(), "epoch": 0, "pos": 0, "step": 0, "best": None}
+        self.log = RunLog(self.out / "log.jsonl", writer=self.is_global_zero)
+        return {"epoch": 0, "pos": 0, "step": 0, "best": None}
 
-    def _save(self, phase, epoch, pos, step) -> None:
+    def _save(self, epoch, pos, step) -> None:
         """Every process calls this at the same step: process 0 writes the checkpoint, with
         every process's RNG state, after checking that the replicas are bitwise identical."""
-        rng = self.backend.all_gather_object(_rng_state())
+        rng = self.backend.all_gather_object(rng_state())
         digests = None
         if self.world_size > 1:
             digests = self.backend.all_gather_object(D.replica_digest(self.model))
@@ -523,12 +347,12 @@ class Run:
                 raise RuntimeError(f"the model replicas differ between processes at step {step} "
                                    f"(digests {digests}); please report this as a bug")
         if self.is_global_zero:
-            _atomic_save({"learner": self.learner.state_dict(), "phase": phase, "epoch": epoch,
-                          "pos": pos, "step": step, "best": self.best, "rng": rng,
-                          "engine": {"world_size": self.world_size, "precision": self.cfg.precision,
-                                     "replica_digests": digests, **self.backend.state_dict()},
-                          "last_eval_step": self._last_eval_step, "log_records": self._log_records},
-                         self.out / "checkpoint.pt")
+            atomic_save({"learner": self.learner.state_dict(), "phase": self._phase(), "epoch": epoch,
+                         "pos": pos, "step": step, "best": self.selection.best, "rng": rng,
+                         "engine": {"world_size": self.world_size, "precision": self.cfg.precision,
+                                    "replica_digests": digests, **self.backend.state_dict()},
+                         "last_eval_step": self._last_eval_step, "log_records": self.log.records},
+                        self.out / "checkpoint.pt")
         self._saved_step = step
 
     def _restore(self) -> dict:
@@ -541,12 +365,13 @@ class Run:
         self.backend.load_state_dict(state.get("engine", {}))
         rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
         if self.rank < len(rng):
-            _set_rng_state(rng[self.rank])
+            set_rng_state(rng[self.rank])
         if len(rng) != self.world_size and self.is_global_zero:
             print(f"note: the checkpoint was written by {len(rng)} process(es), this run has "
                   f"{self.world_size}: the batches are the same, their split over processes and "
                   "the random transforms of the new processes differ from an uninterrupted run")
-        self._log_records = self._truncate_log(state["log_records"])
+        self.log = RunLog(self.out / "log.jsonl", writer=self.is_global_zero)
+        self.log.truncate(state["log_records"])
         return state
 
     def _optimizers(self, learner_state: dict) -> list:
@@ -554,23 +379,6 @@ class Run:
             return [self.learner.optimizer]
         extra = [self.learner.erm_optimizer] if learner_state.get("erm_optimizer") is not None else []
         return [self.learner.inner_optimizer] + extra
-
-    def _truncate_log(self, records: int) -> int:
-        """Keep the first ``records`` lines of the log, those the checkpoint covers (later ones
-        are written again by the resumed run). Returns the number of records kept."""
-        log = self.out / "log.jsonl"
-        if not log.exists():
-            return 0
-        keep = log.read_text().splitlines()[:records]
-        if self.is_global_zero:
-            log.write_text("".join(line + "\n" for line in keep))
-        return len(keep)
-
-    def _log(self, record: dict) -> None:
-        if self._log_file is not None:
-            self._log_file.write(json.dumps(record) + "\n")
-            self._log_file.flush()
-        self._log_records += 1
 
     # ---- the end
     def _finish(self) -> dict:
@@ -582,8 +390,7 @@ class Run:
                                    P.replicate_of(self.preset, self.cfg.seed, self.cfg.fold))
         results = {}
         for split in [s for s in self.dataset.split_dict if s != "train"]:
-            y_pred, y_true, meta = self.predict(split)
-            results[split] = {k: float(v) for k, v in self.dataset.eval(y_pred, y_true, meta)[0].items()}
+            results[split], y_pred = self.evaluator.metrics(split)
             if self.is_global_zero:
                 write_predictions(self.out / "predictions", self.cfg.dataset, split, replicate,
                                   y_pred, overwrite=True)
@@ -598,39 +405,11 @@ class Run:
         return summary
 
 
-class _DeferredInterrupt:
-    """While active (main thread, default SIGINT handler): the first Ctrl-C only sets
-    ``requested``, so the run stops at a step boundary; a second one raises at once."""
-
-    def __init__(self):
-        self.requested = False
-        self._previous = None
-
-    def __enter__(self):
-        if (threading.current_thread() is threading.main_thread()
-                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
-            self._previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc):
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-        return False
-
-
-def _progress(total, initial, enabled, desc):
-    import sys
-
-    from tqdm.auto import tqdm
-
-    interactive = sys.stderr.isatty()
-    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, dynamic_ncols=True,
-                mininterval=0.1 if interactive else 10.0)
+def _phase_name(stats: dict) -> str:
+    """The phase a learner step reports: Fish's ``phase`` 0.0 (ERM warm-up) / 1.0, or ERM."""
+    if "phase" not in stats:
+        return "erm"
+    return "warmup" if stats["phase"] == 0.0 else "fish"
 
 
 def train(cfg: RunConfig, resume: bool = False) -> dict:
