@@ -408,7 +408,7 @@ def _solo_test_utils():
     return module
 
 
-def test_an_adios_method_builds_and_trains_from_solo_learns_own_test_config():
+def test_an_adios_method_builds_and_trains_from_solo_learns_own_test_config(tmp_path, monkeypatch):
     """Whatever config the parent method builds from, its ADIOS version builds from too: here
     solo-learn's test config (no augmentations, so no crop size; ``devices: 1``, an int), and
     one fit through solo-learn's own dummy loaders (224 px crops: the masker's default)."""
@@ -417,6 +417,7 @@ def test_an_adios_method_builds_and_trains_from_solo_learns_own_test_config():
     register()
     from solo.methods import METHODS
 
+    monkeypatch.chdir(tmp_path)  # the mask pictures go to ./masks without a checkpoint folder
     utils = _solo_test_utils()
     cfg = utils.gen_base_cfg("simclr_adios", batch_size=2, num_classes=10)
     cfg.method_kwargs = {"proj_output_dim": 32, "proj_hidden_dim": 64, "temperature": 0.2,
@@ -431,3 +432,4 @@ def test_an_adios_method_builds_and_trains_from_solo_learns_own_test_config():
     utils.gen_trainer(cfg).fit(model, train, val)
     assert int(model.adios_batches) == 1
     assert any(not torch.equal(a, b) for a, b in zip(before, model.masker.parameters()))
+    assert (tmp_path / "masks" / "masks-ep=0.png").is_file()
