@@ -77,7 +77,7 @@ def blobs():
         inner_optimizer="sgd", optimizer_kwargs={"lr": 0.05, "momentum": 0.9}, batch_size=8,
         meta_lr=0.5, meta_steps=None, erm_warmup_steps=0, epochs=2, selection_metric="acc_avg",
         selection_split="val", keep_last_checkpoint=False, groupby_fields=("domain",),
-        domain_scheme="combinatorial", eval_every=None, reset_inner_optimizer=False,
+        domain_scheme="combinatorial", eval_every=None, inner_optimizer_state="run",
         eval_batch_size=64, dataset_kwargs={}, source="blobs_generator",
         transform="gaussian_noise", official_metrics=("acc_avg",)), replace=True)
     yield "blobs"

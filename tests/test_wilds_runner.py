@@ -518,6 +518,74 @@ def test_erm_warmup_precedes_fish_steps(tmp_path, capsys):
     assert torch.load(out / "checkpoint.pt", weights_only=True)["learner"]["num_steps"] == 12
 
 
+# ---------------------------------------------------------------------------------- official recipe
+WARMUP = 16
+HANDOFF_ARGS = ["--erm-warmup-steps", WARMUP, "--eval-every", 2, "--meta-lr", 12, "--log-every", 1]
+
+
+def val_scores(out):
+    return [(r["step"], r["metrics"]["acc_avg"]) for r in read_log(out)
+            if r["kind"] == "eval" and r["split"] == "val"]
+
+
+def first_best(scores):
+    """The step model selection keeps: the first of the highest scores."""
+    top = max(value for _, value in scores)
+    return next(step for step, value in scores if value == top)
+
+
+@pytest.mark.parametrize("handoff", ["best", "last"])
+def test_after_the_warmup_selection_restarts_so_the_kept_model_is_a_fish_model(handoff, tmp_path, capsys):
+    """Official (best): whatever the warm-up models scored, the kept model is the best Fish
+    model. ``last`` (the earlier behaviour): the best of all, warm-up models included."""
+    out = tmp_path / "run"
+    code, _, err = cli(capsys, *train_args(out, *HANDOFF_ARGS, "--max-steps", 26,
+                                           "--warmup-handoff", handoff))
+    assert code == 0, err
+    scores = val_scores(out)
+    warm, fish = [s for s in scores if s[0] <= WARMUP], [s for s in scores if s[0] > WARMUP]
+    summary = json.loads((out / "summary.json").read_text())
+    expected = first_best(fish) if handoff == "best" else first_best(scores)
+    assert summary["selected_step"] == expected
+    assert summary["warmup_selection"]["step"] == first_best(warm)
+    if handoff == "last":  # (the settings make a warm-up model the best of all)
+        assert summary["selected_step"] <= WARMUP
+
+
+def test_fish_starts_from_the_best_warmup_model_bit_for_bit(tmp_path, capsys):
+    runs = {}
+    for handoff in ("best", "last"):
+        out = tmp_path / handoff
+        code, _, err = cli(capsys, *train_args(out, *HANDOFF_ARGS, "--max-steps", WARMUP,
+                                               "--warmup-handoff", handoff))
+        assert code == 0, err
+        runs[handoff] = out
+    best = torch.load(runs["best"] / "best_model.pt", weights_only=True)
+    assert best["step"] == first_best(val_scores(runs["best"])) < WARMUP  # (not the last model)
+    handoff = [r for r in read_log(runs["best"]) if r["kind"] == "handoff"]
+    assert handoff == [{"kind": "handoff", "step": WARMUP, "from_step": best["step"],
+                        "acc_avg": best["acc_avg"]}]
+    assert_bitwise_equal(final_model(runs["best"]), best["model"])
+    last = final_model(runs["last"])  # the same warm-up, continued from its last weights
+    assert any(not torch.equal(last[k], best["model"][k]) for k in last)
+
+
+@pytest.mark.parametrize("state,fish_steps", [("epoch", FISH_STEPS_PER_EPOCH),
+                                              ("run", 2 * FISH_STEPS_PER_EPOCH), ("step", 1)])
+def test_the_inner_optimizer_state_lasts_one_fish_epoch_as_officially(state, fish_steps, tmp_path,
+                                                                      capsys):
+    """Adam's state counts the inner steps since it was last reset. At the end of epoch 2 that
+    is one epoch of Fish steps (official reload_inner_optim), two (never reset), or the last
+    Fish step's (reset every step); each Fish step takes one inner step per domain."""
+    out = tmp_path / "run"
+    code, _, err = cli(capsys, *train_args(out, "--max-steps", 2 * FISH_STEPS_PER_EPOCH,
+                                           "--inner-optimizer-state", state))
+    assert code == 0, err
+    inner = torch.load(out / "checkpoint.pt", weights_only=True)["learner"]["inner_optimizer"]["state"]
+    counts = {float(s["step"]) for s in inner.values()}
+    assert counts == {fish_steps * TINY["num_domains"]}
+
+
 def test_presets_lists_every_preset(capsys):
     code, out, _ = cli(capsys, "presets")
     assert code == 0

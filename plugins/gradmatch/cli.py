@@ -32,8 +32,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--meta-steps", type=int, help="domains visited per Fish step")
     g.add_argument("--step-size", default="official", choices=list(STEP_SIZES),
                    help="; ".join(f"{k}: {v}" for k, v in STEP_SIZES.items()))
-    g.add_argument("--reset-inner-optimizer", dest="reset_inner_optimizer", action="store_true", default=None)
-    g.add_argument("--carry-inner-optimizer", dest="reset_inner_optimizer", action="store_false")
+    g.add_argument("--inner-optimizer-state", choices=["step", "epoch", "run"],
+                   help="how long Fish's inner optimizer keeps its state: a fresh one every step, "
+                        "within one Fish epoch (official reload_inner_optim), or the whole run")
+    g.add_argument("--reset-inner-optimizer", dest="inner_optimizer_state", action="store_const",
+                   const="step", help="= --inner-optimizer-state step")
+    g.add_argument("--carry-inner-optimizer", dest="inner_optimizer_state", action="store_const",
+                   const="run", help="= --inner-optimizer-state run")
+    g.add_argument("--warmup-handoff", default="best", choices=["best", "last"],
+                   help="after the ERM warm-up Fish starts from the best warm-up model and model "
+                        "selection starts afresh (best, official), or from the last warm-up "
+                        "weights with the warm-up models still eligible (last)")
     g.add_argument("--erm-warmup-steps", "--erm-pretrain-iters", dest="erm_warmup_steps", type=int,
                    help="ERM steps before Fish starts (the official pre-training iterations)")
     g.add_argument("--epochs", type=int)

@@ -50,7 +50,10 @@ class Preset:
     ``"identity_x_y"`` (CivilComments) makes ``groupby_fields[:-1]`` binary identity fields and
     ``groupby_fields[-1]`` the label: domains are {no identity, identity 1, ..., identity k} x y,
     overlapping where a comment mentions several identities (the official 18 groups).
-    ``meta_steps=None`` visits every domain in each Fish step.
+    ``meta_steps=None`` visits every domain in each Fish step. ``inner_optimizer_state``: how
+    long the inner optimizer keeps its state (Adam moments, SGD momentum): ``"step"`` (a fresh
+    one every Fish step), ``"epoch"`` (carried across the steps of one Fish epoch, reset when
+    an epoch starts: the official ``reload_inner_optim``) or ``"run"`` (never reset).
 
     The dataset itself: ``source`` names its loader in :data:`SOURCES` (``"wilds"``:
     ``wilds.get_dataset`` from disk); ``model`` and ``transform`` name entries of
@@ -77,7 +80,7 @@ class Preset:
     groupby_fields: Tuple[str, ...]
     domain_scheme: str
     eval_every: Optional[int]
-    reset_inner_optimizer: bool
+    inner_optimizer_state: str
     eval_batch_size: int
     dataset_kwargs: Dict[str, Any] = field(hash=False)
     max_token_length: Optional[int] = None
@@ -118,7 +121,7 @@ PRESETS: Dict[str, Preset] = {
         groupby_fields=("hospital",),  # fish:src/models/camelyon.py:42 domain_idx=0
         domain_scheme="combinatorial",
         eval_every=None,  # fish:src/config.py:34 print_iters=-1
-        reset_inner_optimizer=False,  # official reload_inner_optim=True, fish:src/config.py:33
+        inner_optimizer_state="epoch",  # official reload_inner_optim=True, fish:src/config.py:33; fish:src/main.py train_fish
         eval_batch_size=32,  # fish:src/models/camelyon.py:56 (= train batch size)
         dataset_kwargs={},  # fish:src/models/camelyon.py:32 (defaults; same v1.0 data in wilds 2.0)
         transform="imagenet_224",  # fish:src/models/camelyon.py:34-38 (96 -> 224 px)
@@ -143,7 +146,7 @@ PRESETS: Dict[str, Preset] = {
         groupby_fields=("region", "year"),  # fish:src/models/datasets.py:98-102 metadata[:, :2]
         domain_scheme="combinatorial",
         eval_every=500,  # fish:src/config.py:18
-        reset_inner_optimizer=False,  # official reload_inner_optim=True, fish:src/config.py:17
+        inner_optimizer_state="epoch",  # official reload_inner_optim=True, fish:src/config.py:17; fish:src/main.py train_fish
         eval_batch_size=256,  # fish:src/models/fmow.py:51
         # choice: OOD val (wilds 2.0 default, leaderboard rule); wilds 1.1 used the ID val here.
         # It only changes what is logged: FMoW keeps the last checkpoint.
@@ -169,7 +172,7 @@ PRESETS: Dict[str, Preset] = {
         groupby_fields=("location",),  # fish:src/models/iwildcam.py:42 domain_idx=0
         domain_scheme="combinatorial",
         eval_every=500,  # fish:src/config.py:68
-        reset_inner_optimizer=False,  # official reload_inner_optim=True, fish:src/config.py:67
+        inner_optimizer_state="epoch",  # official reload_inner_optim=True, fish:src/config.py:67; fish:src/main.py train_fish
         eval_batch_size=256,  # fish:src/models/iwildcam.py:56
         dataset_kwargs={},  # fish:src/models/iwildcam.py:32 (v2.0 data in both wilds 1.1 and 2.0)
         transform="imagenet_224",  # fish:src/models/iwildcam.py:35-39
@@ -193,7 +196,7 @@ PRESETS: Dict[str, Preset] = {
         groupby_fields=("country",),  # fish:src/models/datasets.py:24,34
         domain_scheme="combinatorial",
         eval_every=None,  # fish:src/config.py:51 print_iters=-1
-        reset_inner_optimizer=False,  # official reload_inner_optim=True, fish:src/config.py:50
+        inner_optimizer_state="epoch",  # official reload_inner_optim=True, fish:src/config.py:50; fish:src/main.py train_fish
         eval_batch_size=256,  # fish:src/models/poverty.py:69
         # fish:src/models/poverty.py:49-52. choice: wilds 2.0 removed oracle_training_set; its False
         # is split_scheme="official" (= "countries"). The official code always trains fold A; the
@@ -224,7 +227,7 @@ PRESETS: Dict[str, Preset] = {
         groupby_fields=CIVIL_IDENTITY_FIELDS + ("y",),
         domain_scheme="identity_x_y",
         eval_every=500,  # fish:src/config.py:102
-        reset_inner_optimizer=False,  # official reload_inner_optim=True, fish:src/config.py:101
+        inner_optimizer_state="epoch",  # official reload_inner_optim=True, fish:src/config.py:101; fish:src/main.py train_fish
         eval_batch_size=256,  # fish:src/models/civil.py:86
         dataset_kwargs={},  # fish:src/models/civil.py:68 (defaults; v1.0 data in wilds 1.1 and 2.0)
         max_token_length=300,  # fish:src/models/civil.py:17
@@ -250,7 +253,7 @@ PRESETS: Dict[str, Preset] = {
         groupby_fields=("user",),  # fish:src/models/amazon.py:73 domain_idx=0
         domain_scheme="combinatorial",
         eval_every=500,  # fish:src/config.py:85
-        reset_inner_optimizer=False,  # official reload_inner_optim=True, fish:src/config.py:84
+        inner_optimizer_state="epoch",  # official reload_inner_optim=True, fish:src/config.py:84; fish:src/main.py train_fish
         eval_batch_size=256,  # fish:src/models/amazon.py:87
         # choice: wilds 2.0's default data version 2.1; the official runs (wilds 1.1) read v2.0,
         # reachable with dataset_kwargs={"version": "2.0"}.
@@ -280,7 +283,7 @@ PRESETS: Dict[str, Preset] = {
         groupby_fields=("domain",),
         domain_scheme="combinatorial",
         eval_every=None,
-        reset_inner_optimizer=True,  # the inner Adam state is reset every step
+        inner_optimizer_state="step",  # official reload_inner_optim=False: reset every step
         eval_batch_size=512,
         dataset_kwargs={},
         source="cdsprites",

@@ -13,6 +13,11 @@ from ..fish import STEP_SIZES
 from ..optim import OPTIMIZERS
 
 ALGORITHMS = ("fish", "erm")
+#: how long Fish's inner optimizer keeps its state: one step, one Fish epoch (official), the run
+INNER_OPTIMIZER_STATES = ("step", "epoch", "run")
+#: what Fish starts from after the ERM warm-up: the best warm-up model, selection restarted
+#: (official, fish:src/main.py pretrain + __main__), or the last warm-up weights
+WARMUP_HANDOFFS = ("best", "last")
 
 
 @dataclass
@@ -32,7 +37,8 @@ class RunConfig:
     meta_lr: Optional[float] = None
     meta_steps: Optional[int] = None        # domains per Fish step
     step_size: str = "official"             # a key of gradmatch.fish.STEP_SIZES
-    reset_inner_optimizer: Optional[bool] = None
+    inner_optimizer_state: Optional[str] = None  # "step" | "epoch" | "run" (see Preset)
+    warmup_handoff: str = "best"            # Fish starts from the best ("best") or last warm-up model
     erm_warmup_steps: Optional[int] = None
     epochs: Optional[int] = None
     max_steps: Optional[int] = None         # stop after this many learner steps (all phases)
@@ -67,6 +73,12 @@ class RunConfig:
         for name, value in positive.items():
             if value is not None and not (math.isfinite(value) and value > 0):
                 raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value!r}")
+        if self.inner_optimizer_state not in (None,) + INNER_OPTIMIZER_STATES:
+            raise ValueError(f"--inner-optimizer-state must be one of {INNER_OPTIMIZER_STATES}, "
+                             f"got {self.inner_optimizer_state!r}")
+        if self.warmup_handoff not in WARMUP_HANDOFFS:
+            raise ValueError(f"--warmup-handoff must be one of {WARMUP_HANDOFFS}, got "
+                             f"{self.warmup_handoff!r}")
         if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
             raise ValueError(f"--optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
         if self.momentum is not None and not 0 <= self.momentum < 1:

@@ -160,7 +160,8 @@ class Run:
             domains = P.fish_domains(self.preset, self.train_set.metadata_array, ds.metadata_fields)
             meta_steps = self.setting("meta_steps") or sum(len(d) > 0 for d in domains)
             self.per_domain = DomainBatchPlanner(domains, batch_size, meta_steps, cfg.seed)
-            reset = self.setting("reset_inner_optimizer")
+            self.inner_optimizer_state = self.setting("inner_optimizer_state")
+            reset = self.inner_optimizer_state == "step"
             self.learner = Fish(self.model, optimizer, self.setting("meta_lr"), loss_fn=self.loss_fn,
                                 step_size=cfg.step_size, reset_inner_optimizer=reset,
                                 erm_warmup_steps=self.setting("erm_warmup_steps"), seed=cfg.seed,
@@ -234,6 +235,8 @@ class Run:
                     if phase == "warmup":
                         steps = steps[:self.learner.erm_warmup_steps - self.learner.num_steps]
                     steps = [[D.shard(i, self.rank, self.world_size) for i in s] for s in steps]
+                    if phase == "fish" and pos == 0 and self.inner_optimizer_state == "epoch":
+                        self.learner.inner_optimizer.state.clear()  # official: fresh each epoch
                     for indices, batch in zip(steps, self._loader(steps, epoch, pos)):
                         t0 = time.perf_counter()
                         batch = _to_device(batch, self.device)
@@ -256,6 +259,8 @@ class Run:
                     epoch, pos = self._advance(phase, epoch, pos, len(plan))
                     if pos == 0:  # an epoch (or the warm-up) ended
                         self._evaluate(step, epoch)
+                        if phase == "warmup" and self._phase() == "fish":
+                            self._hand_off_warmup(step)
                         self._save(epoch, pos, step)
                         self._stop_if_interrupted(interrupt, epoch, pos, step)
                 self._evaluate(step, epoch)
@@ -334,7 +339,25 @@ class Run:
             with open(self.out / "config.json", "w") as f:
                 json.dump(dataclasses.asdict(self.cfg), f, indent=2)
         self.log = RunLog(self.out / "log.jsonl", writer=self.is_global_zero)
+        self.warmup_best = None
         return {"epoch": 0, "pos": 0, "step": 0, "best": None}
+
+    def _hand_off_warmup(self, step: int) -> None:
+        """The ERM warm-up just ended. Official (``--warmup-handoff best``, fish:src/main.py
+        ``pretrain`` reloads ``model.rar``, then ``__main__`` starts a fresh ``val_stat``): Fish
+        starts from the best warm-up model, and model selection starts afresh, so the kept model
+        is a Fish model. ``last``: Fish continues from the last warm-up weights, and the warm-up
+        models stay eligible."""
+        self.warmup_best = self.selection.best
+        if self.cfg.warmup_handoff != "best" or self.selection.best is None:
+            return
+        if self.world_size > 1:
+            self.fabric.barrier()  # process 0 has written best_model.pt
+        best = load_checkpoint(self.out / "best_model.pt")
+        self.model.load_state_dict(best["model"])
+        self.selection.best = None
+        self.log.write({"kind": "handoff", "step": step, "from_step": best["step"],
+                        self.selection_metric: self.warmup_best["value"]})
 
     def _save(self, epoch, pos, step) -> None:
         """Every process calls this at the same step: process 0 writes the checkpoint, with
@@ -349,6 +372,7 @@ class Run:
         if self.is_global_zero:
             atomic_save({"learner": self.learner.state_dict(), "phase": self._phase(), "epoch": epoch,
                          "pos": pos, "step": step, "best": self.selection.best, "rng": rng,
+                         "warmup_best": self.warmup_best,
                          "engine": {"world_size": self.world_size, "precision": self.cfg.precision,
                                     "replica_digests": digests, **self.backend.state_dict()},
                          "last_eval_step": self._last_eval_step, "log_records": self.log.records},
@@ -372,6 +396,7 @@ class Run:
                   "the random transforms of the new processes differ from an uninterrupted run")
         self.log = RunLog(self.out / "log.jsonl", writer=self.is_global_zero)
         self.log.truncate(state["log_records"])
+        self.warmup_best = state.get("warmup_best")
         return state
 
     def _optimizers(self, learner_state: dict) -> list:
@@ -399,6 +424,8 @@ class Run:
                    "selection": {"split": self.selection_split, "metric": self.selection_metric,
                                  "value": best[self.selection_metric]},
                    "metrics": results}
+        if self.warmup_best is not None:
+            summary["warmup_selection"] = {**self.warmup_best, "handoff": self.cfg.warmup_handoff}
         if self.is_global_zero:
             with open(self.out / "summary.json", "w") as f:
                 json.dump(summary, f, indent=2)
