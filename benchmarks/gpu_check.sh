@@ -42,7 +42,7 @@ step environment 60 bash -c "nvidia-smi; $PY -c 'import torch, lightning; print(
 
 # 1. CUDA-only tests (they skip on machines without CUDA)
 step cuda-tests 240 $PY -m pytest -q -x -p no:cacheprovider --junitxml="$RESULTS/cuda_tests.xml" \
-  tests/test_wilds_distributed.py tests/test_adios_ddp.py -k "cuda or fp16 or sync_batchnorm or nccl"
+  tests/test_wilds_distributed.py tests/test_adios_ddp.py -k "cuda or fp16 or gpus or nccl"
 
 # 2. resume across device types: 20 steps on one device, then 10 more on the other
 resume_across() {  # resume_across FIRST SECOND
