@@ -14,13 +14,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from gradmatch.backend import Backend, flatten_gradients, gradient_buckets, unflatten_gradients
+from gradmatch.backend import Backend, average_in_place
 from gradmatch.distributed import eval_shards, replica_digest, shard
 from gradmatch.wilds.runner import Run, RunConfig, load_checkpoint
 
@@ -257,15 +256,22 @@ def test_shards_are_equal_contiguous_and_cover_each_batch():
     assert np.array_equal(np.concatenate(chunks), np.arange(11))
 
 
-def test_gradient_buckets_round_trip_and_skip_parameters_without_gradients():
-    a, b, c = (torch.nn.Parameter(torch.randn(s)) for s in ((2, 3), (4,), (5,)))
-    a.grad, c.grad = torch.randn(2, 3), torch.randn(5)
-    buckets = gradient_buckets([a, b, c])
-    assert buckets == [[a, c]]
-    flat = flatten_gradients(buckets[0])
-    assert torch.equal(flat, torch.cat([a.grad.reshape(-1), c.grad]))
-    unflatten_gradients(flat * 2, buckets[0])
-    assert torch.equal(a.grad.reshape(-1), flat[:6] * 2) and b.grad is None
+def test_average_in_place_gives_the_mean_with_one_collective_per_dtype():
+    """Two processes simulated by a sum that adds the other process's values (the first ones
+    plus 2): each tensor must become its mean, the float64 one included, and the float32 and
+    float64 tensors go in separate collectives."""
+    a, c = torch.randn(2, 3), torch.randn(5)
+    d = torch.randn(4, dtype=torch.float64)
+    before = [a.clone(), c.clone(), d.clone()]
+    calls = []
+
+    def all_reduce_sum(flat):
+        calls.append(flat.dtype)
+        return flat + (flat + 2)  # this process's values + the other's
+    average_in_place([a, c, d], all_reduce_sum, world_size=2)
+    for after, old in zip((a, c, d), before):
+        assert after.dtype == old.dtype and torch.allclose(after, old + 1)
+    assert sorted(map(str, calls)) == ["torch.float32", "torch.float64"]
     assert Backend().world_size == 1
 
 

@@ -4,7 +4,7 @@ The learners (:class:`gradmatch.fish.Fish`, :class:`gradmatch.erm.ERM`) stay fra
 every loss they compute goes through :meth:`Backend.loss`, every backward through
 :meth:`Backend.backward`, and every optimizer step through :meth:`Backend.step`, which first
 averages the gradients over the processes. :class:`Backend` is the plain single-process,
-full-precision version; :class:`gradmatch.wilds.engine.FabricBackend` binds the same five calls
+full-precision version; :class:`gradmatch.distributed.FabricBackend` binds the same calls
 to Lightning Fabric (several processes, mixed precision, fp16 gradient scaling).
 
 With data parallelism each process computes the loss on its shard of every batch (equal
@@ -71,28 +71,17 @@ def _params_of(optimizer: torch.optim.Optimizer) -> list:
 LOCAL = Backend()
 
 
-def gradient_buckets(params: Sequence[torch.Tensor]) -> list:
-    """The parameters that have a gradient, grouped by gradient dtype and device: one
-    collective per group. A parameter without a gradient keeps none (as for one process, so an
-    optimizer skips it the same way); every process of one model takes the same code path, so
-    the groups match across processes."""
-    buckets: dict = {}
-    for p in params:
-        if p.grad is not None:
-            buckets.setdefault((p.grad.dtype, p.grad.device), []).append(p)
-    return list(buckets.values())
-
-
-def flatten_gradients(params: Sequence[torch.Tensor]) -> torch.Tensor:
-    """One contiguous vector of the gradients of ``params`` (one bucket of
-    :func:`gradient_buckets`); :func:`unflatten_gradients` writes it back."""
-    return torch.cat([p.grad.reshape(-1) for p in params])
-
-
-def unflatten_gradients(flat: torch.Tensor, params: Sequence[torch.Tensor]) -> None:
-    """Copy the consecutive slices of ``flat`` into each ``p.grad``."""
-    start = 0
-    for p in params:
-        n = p.numel()
-        p.grad.copy_(flat[start:start + n].view_as(p.grad))
-        start += n
+def average_in_place(tensors: Sequence[torch.Tensor],
+                     all_reduce_sum: Callable[[torch.Tensor], torch.Tensor], world_size: int) -> None:
+    """Replace each tensor by its mean over ``world_size`` processes: the tensors are grouped by
+    dtype and device, and each group is flattened into one vector for one ``all_reduce_sum``
+    call (which returns the sum over the processes). Every process of one model passes the same
+    tensors in the same order, so the groups match across processes."""
+    groups: dict = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    with torch.no_grad():
+        for group in groups.values():
+            flat = all_reduce_sum(torch.cat([t.reshape(-1) for t in group])).div_(world_size)
+            for t, value in zip(group, flat.split([t.numel() for t in group])):
+                t.copy_(value.view_as(t))

@@ -10,6 +10,7 @@ from typing import List, Optional
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     from .fish import STEP_SIZES
     from .optim import OPTIMIZERS
+    from .wilds.run_config import INNER_OPTIMIZER_STATES, WARMUP_HANDOFFS
 
     p.add_argument("--dataset", required=True,
                    help="a dataset of the preset table (`gradmatch presets`): camelyon17, fmow, "
@@ -32,14 +33,14 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--meta-steps", type=int, help="domains visited per Fish step")
     g.add_argument("--step-size", default="official", choices=list(STEP_SIZES),
                    help="; ".join(f"{k}: {v}" for k, v in STEP_SIZES.items()))
-    g.add_argument("--inner-optimizer-state", choices=["step", "epoch", "run"],
+    g.add_argument("--inner-optimizer-state", choices=INNER_OPTIMIZER_STATES,
                    help="how long Fish's inner optimizer keeps its state: a fresh one every step, "
                         "within one Fish epoch (official reload_inner_optim), or the whole run")
     g.add_argument("--reset-inner-optimizer", dest="inner_optimizer_state", action="store_const",
                    const="step", help="= --inner-optimizer-state step")
     g.add_argument("--carry-inner-optimizer", dest="inner_optimizer_state", action="store_const",
                    const="run", help="= --inner-optimizer-state run")
-    g.add_argument("--warmup-handoff", default="best", choices=["best", "last"],
+    g.add_argument("--warmup-handoff", default="best", choices=WARMUP_HANDOFFS,
                    help="after the ERM warm-up Fish starts from the best warm-up model and model "
                         "selection starts afresh (best, official), or from the last warm-up "
                         "weights with the warm-up models still eligible (last)")

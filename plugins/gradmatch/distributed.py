@@ -25,7 +25,7 @@ from typing import Any, ContextManager, Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from .backend import Backend, _params_of, flatten_gradients, gradient_buckets, unflatten_gradients
+from .backend import Backend, _params_of, average_in_place
 
 #: ``--precision`` values (Lightning's names) and their aliases
 PRECISIONS = {"32-true": "32-true", "32": "32-true", "bf16-mixed": "bf16-mixed",
@@ -120,11 +120,8 @@ class FabricBackend(Backend):
         self.scaler.update()
 
     def all_reduce_gradients(self, params: Sequence[torch.Tensor]) -> None:
-        if self.world_size == 1:
-            return
-        for bucket in gradient_buckets(params):
-            flat = self.fabric.all_reduce(flatten_gradients(bucket), reduce_op="sum")
-            unflatten_gradients(flat.div_(self.world_size), bucket)
+        # A parameter without a gradient keeps none, as with one process (an optimizer skips it).
+        self._average([p.grad for p in params if p.grad is not None])
 
     def mean(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.world_size == 1:
@@ -132,18 +129,13 @@ class FabricBackend(Backend):
         return self.fabric.all_reduce(tensor.detach().clone(), reduce_op="sum").div_(self.world_size)
 
     def sync_buffers(self, buffers: Iterable[torch.Tensor]) -> None:
-        if self.world_size == 1:
-            return
-        buffers = [b for b in buffers if b.is_floating_point()]
-        if not buffers:
-            return
-        with torch.no_grad():
-            flat = torch.cat([b.reshape(-1) for b in buffers])
-            flat = self.fabric.all_reduce(flat, reduce_op="sum").div_(self.world_size)
-            start = 0
-            for b in buffers:
-                b.copy_(flat[start:start + b.numel()].view_as(b))
-                start += b.numel()
+        self._average([b for b in buffers if b.is_floating_point()])
+
+    def _average(self, tensors: Sequence[torch.Tensor]) -> None:
+        """Each tensor replaced by its mean over the processes (one all-reduce per dtype)."""
+        if self.world_size > 1:
+            average_in_place(tensors, lambda flat: self.fabric.all_reduce(flat, reduce_op="sum"),
+                             self.world_size)
 
     def state_dict(self) -> dict:
         return {} if self.scaler is None else {"scaler": self.scaler.state_dict()}

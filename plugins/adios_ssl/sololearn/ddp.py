@@ -57,22 +57,26 @@ def average_gradients(params: Sequence[torch.Tensor]) -> None:
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    for group in by_dtype(params).values():
-        flat = torch.cat([p.grad.reshape(-1) for p in group])
-        dist.all_reduce(flat)
-        flat /= world_size()
-        for p, value in zip(group, flat.split([p.numel() for p in group])):
-            p.grad.copy_(value.view_as(p))
+    _flat_collective([p.grad for p in params], lambda flat: dist.all_reduce(flat),
+                     divisor=world_size())
 
 
 def broadcast_(tensors: Sequence[torch.Tensor], src: int = 0) -> None:
     """Give every process ``src``'s values of ``tensors`` (in place)."""
     if world_size() < 2:
         return
-    for group in by_dtype(list(tensors)).values():
-        flat = torch.cat([t.detach().reshape(-1) for t in group])
-        dist.broadcast(flat, src=src)
-        with torch.no_grad():
+    _flat_collective(list(tensors), lambda flat: dist.broadcast(flat, src=src))
+
+
+def _flat_collective(tensors: Sequence[torch.Tensor], collective, divisor: int = 1) -> None:
+    """Run the in-place ``collective`` once per (dtype, device) group of ``tensors``, on the
+    group flattened into one vector, and write the result (divided by ``divisor``) back."""
+    with torch.no_grad():
+        for group in by_dtype(tensors).values():
+            flat = torch.cat([t.detach().reshape(-1) for t in group])
+            collective(flat)
+            if divisor != 1:
+                flat /= divisor
             for t, value in zip(group, flat.split([t.numel() for t in group])):
                 t.copy_(value.view_as(t))
 
