@@ -37,3 +37,22 @@ def test_demo_files_reuse_and_settings_guard(tmp_path):
     assert again["fish"]["test_acc"] == first["fish"]["test_acc"]
     with pytest.raises(ValueError, match="other settings"):
         run_demo(tmp_path, **{**kwargs, "steps": 12})
+
+
+def test_a_diverged_run_is_reported_and_the_others_are_summarised(tmp_path):
+    """Fish at an absurd inner step diverges (non-finite loss); ERM of the same seeds still
+    trains, the summary counts the failure, and a rerun reuses the recorded failure."""
+    kwargs = dict(seeds=2, steps=6, num_domains=3, batch_size=4, inner_lr=1e6, progress=False)
+    summary = run_demo(tmp_path, jobs=2, **kwargs)
+    assert summary["fish"]["finished"] == 0 and summary["fish"]["test_acc"] is None
+    assert [f["seed"] for f in summary["fish"]["failed"]] == [0, 1]
+    assert all("non-finite" in f["error"] for f in summary["fish"]["failed"])
+    assert summary["erm"]["finished"] == 2 and 0 <= summary["erm"]["test_acc"] <= 1
+    assert summary["fish_minus_erm_points"] is None
+    table = format_table(summary)
+    assert "FAILED: fish seed 0" in table and "0/2" in table and "2/2" in table
+    assert json.loads((tmp_path / "summary.json").read_text())["fish"]["failed"] == summary["fish"]["failed"]
+    assert (tmp_path / "demo.png").exists()
+    stamp = (tmp_path / "fish_seed0" / "failed.json").stat().st_mtime
+    assert run_demo(tmp_path, jobs=1, **kwargs)["fish"]["failed"] == summary["fish"]["failed"]
+    assert (tmp_path / "fish_seed0" / "failed.json").stat().st_mtime == stamp  # not retrained

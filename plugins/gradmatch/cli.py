@@ -92,15 +92,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradmatch", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
+    from .demo import DEFAULT_RECIPE, RECIPES
+
     demo = sub.add_parser("demo", help="ERM vs Fish on CdSprites-N (no download, minutes on a CPU)")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--seeds", type=int, default=3)
     demo.add_argument("--steps", type=int, default=450, help="Fish meta-steps (ERM gets N times as many)")
     demo.add_argument("--num-domains", type=int, default=15, help="N of CdSprites-N")
     demo.add_argument("--batch-size", type=int, default=32, help="examples per domain per Fish step")
-    demo.add_argument("--meta-lr", type=float, default=0.5, help="Fish meta step eps")
-    demo.add_argument("--inner-lr", type=float, default=0.3,
-                      help="Fish's inner SGD step alpha (ERM's SGD step is meta_lr * inner_lr)")
+    demo.add_argument("--recipe", default=DEFAULT_RECIPE, choices=sorted(RECIPES),
+                      help="Fish's inner optimizer and step sizes (gradmatch.demo.RECIPES; default %(default)s)")
+    demo.add_argument("--meta-lr", type=float, default=None, help="Fish meta step eps (default: the recipe's)")
+    demo.add_argument("--inner-lr", type=float, default=None,
+                      help="Fish's inner step size alpha (default: the recipe's)")
     demo.add_argument("--jobs", type=int, default=2, help="runs trained at once (processes)")
     demo.add_argument("--threads", type=int, default=1,
                       help="torch CPU threads (1 avoids oversubscription slowdowns on shared machines)")
@@ -114,8 +118,29 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--root-dir", default="data")
     ev.add_argument("--output-dir", help="where to write <dataset>_results.json")
     ev.add_argument("--allow-partial", action="store_true", help="score the replicates that are present")
+    ev.add_argument("--dataset-kwargs", type=json.loads, default={},
+                    help='JSON for the dataset, as given to `gradmatch train` (e.g. cdsprites: '
+                         '\'{"num_domains": 10, "data_seed": 0}\')')
 
     sub.add_parser("presets", help="print the official Fish hyperparameters per dataset")
+
+    from .reproduce import experiment_names
+    from .reproduce.core import LAUNCHERS, SCALES
+
+    rep = sub.add_parser("reproduce", help="run one of the papers' experiments (resumable), then write its report")
+    rep.add_argument("experiment", choices=experiment_names())
+    rep.add_argument("--scale", required=True, choices=SCALES,
+                     help="cpu: reduced, runs on a 2-core CPU; paper: the papers' protocol (GPU cluster)")
+    rep.add_argument("--out", required=True, help="experiment folder (rerun the same command to resume)")
+    rep.add_argument("--launcher", default="local", choices=sorted(LAUNCHERS),
+                     help="local: processes on this machine; submitit: one Slurm job each "
+                          "(GRADMATCH_SUBMITIT_* variables, see gradmatch.domainbed.launchers)")
+    rep.add_argument("--jobs", type=int, default=2, help="local launcher: jobs run at once")
+    rep.add_argument("--dry-run", action="store_true", help="list every job and its command; run nothing")
+    rep.add_argument("--retry-failed", action="store_true", help="run again the jobs that failed before")
+    report = sub.add_parser("report", help="write report.md / report.json of a `gradmatch reproduce` folder")
+    report.add_argument("out")
+    report.add_argument("--copy-to", help="also copy the report and its figures into this folder")
 
     db = sub.add_parser("domainbed", help="the DomainBed plugin: find or clone DomainBed, startup hook")
     db_sub = db.add_subparsers(dest="domainbed_command", required=True)
@@ -157,7 +182,8 @@ def _demo(args) -> None:
     torch.set_num_threads(args.threads)
 
     summary = run_demo(args.out, seeds=args.seeds, steps=args.steps, num_domains=args.num_domains,
-                       batch_size=args.batch_size, meta_lr=args.meta_lr, inner_lr=args.inner_lr,
+                       batch_size=args.batch_size, recipe=args.recipe, meta_lr=args.meta_lr,
+                       inner_lr=args.inner_lr,
                        jobs=args.jobs, progress=args.progress)
     print(format_table(summary))
     print(f"wrote {args.out}/summary.json and {args.out}/demo.png")
@@ -167,7 +193,8 @@ def _evaluate(args) -> None:
     from .wilds.predictions import evaluate_predictions
 
     out = evaluate_predictions(args.predictions, args.dataset, root_dir=args.root_dir,
-                               output_dir=args.output_dir, allow_partial=args.allow_partial)
+                               output_dir=args.output_dir, allow_partial=args.allow_partial,
+                               dataset_kwargs=args.dataset_kwargs)
     print(json.dumps(out["results"], indent=2))
 
 
@@ -179,6 +206,36 @@ def _presets(args) -> None:
     print(f"{'dataset':<14}" + "".join(f"{c:<20}" for c in cols) + "lr")
     for name, p in PRESETS.items():
         print(f"{name:<14}" + "".join(f"{str(getattr(p, c)):<20}" for c in cols) + str(p.optimizer_kwargs["lr"]))
+
+
+def _reproduce(args) -> None:
+    from pathlib import Path
+
+    from .reproduce import get_experiment
+    from .reproduce.core import LAUNCHERS, format_jobs, write_manifest
+    from .reproduce.report import write_report
+
+    experiment = get_experiment(args.experiment)
+    out = Path(args.out)
+    jobs = experiment.jobs(args.scale, out)
+    if args.dry_run:
+        print(format_jobs(out, jobs))
+        return
+    if args.jobs < 1:
+        raise ValueError("--jobs must be >= 1")
+    write_manifest(out, experiment, args.scale, jobs)
+    extra = {"parallel": args.jobs} if args.launcher == "local" else {}
+    states = LAUNCHERS[args.launcher](out, jobs, retry_failed=args.retry_failed, **extra)
+    path = write_report(out)
+    bad = [name for name, state in states.items() if state != "done"]
+    print(f"wrote {path}" + (f"; {len(bad)} job(s) not done: {', '.join(bad[:8])}"
+                               + (" ..." if len(bad) > 8 else "") if bad else ""))
+
+
+def _report(args) -> None:
+    from .reproduce.report import write_report
+
+    print(f"wrote {write_report(args.out, args.copy_to)}")
 
 
 def _domainbed(args) -> None:
@@ -230,7 +287,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     try:
         commands = {"train": _train, "demo": _demo, "evaluate": _evaluate, "presets": _presets,
-                    "domainbed": _domainbed}
+                    "domainbed": _domainbed, "reproduce": _reproduce, "report": _report}
         commands[args.command](args)
     except NonFiniteLossError as err:
         print(f"gradmatch: error: {err}. {_after_divergence(args)}", file=sys.stderr)

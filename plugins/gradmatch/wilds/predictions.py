@@ -137,12 +137,13 @@ def read_predictions(path) -> torch.Tensor:
 
 def evaluate_predictions(preds_dir, dataset_name: str = None, root_dir="data", output_dir=None, *,
                          dataset=None, metrics=None, replicates=None, suffix=None,
-                         allow_partial=False) -> dict:
+                         allow_partial=False, dataset_kwargs=None) -> dict:
     """Score ``<preds_dir>/<dataset>/`` like ``examples/evaluate.py:evaluate_benchmark``; never downloads.
 
     Either ``dataset_name`` (loaded from ``root_dir`` with download=False via
-    :func:`~gradmatch.wilds.compat.get_wilds_dataset`; a fold dataset such as poverty is loaded once per fold) or a
-    ``dataset`` object (any ``WILDSDataset``; its ``dataset_name`` names the folder and files).
+    :func:`~gradmatch.wilds.compat.get_wilds_dataset`; a fold dataset such as poverty is loaded once per fold;
+    a preset whose source is not WILDS, such as cdsprites, through its source with
+    ``dataset_kwargs``) or a ``dataset`` object (any ``WILDSDataset``; its ``dataset_name`` names the folder and files).
     Every split of ``split_dict`` except ``train`` is scored, for every replicate (default
     :func:`required_replicates`), with ``metrics`` (default :func:`official_metrics`; required for
     other datasets). ``suffix`` picks ``..._<suffix>.csv`` when a folder holds several candidates.
@@ -171,9 +172,14 @@ def evaluate_predictions(preds_dir, dataset_name: str = None, root_dir="data", o
     replicates = list(replicates or required_replicates(name))
 
     apply_compat()
-    if dataset is None:
+    preset = _preset(name)
+    if dataset is None and preset is not None and preset.source != "wilds":
+        from .presets import load_dataset
+
+        dataset = load_dataset(preset, root_dir, download=False, **(dataset_kwargs or {}))
+    elif dataset is None:
         fold = {"fold": replicates[0].split(":")[1]} if by_fold else {}
-        dataset = get_wilds_dataset(name, root_dir, download=False, **fold)
+        dataset = get_wilds_dataset(name, root_dir, download=False, **fold, **(dataset_kwargs or {}))
     splits = [split for split in dataset.split_dict if split != "train"]
 
     folder = Path(preds_dir) / name

@@ -328,9 +328,11 @@ def _wilds_source(preset: Preset, root_dir: str, download: bool, seed: int, **kw
 
 
 def _cdsprites_source(preset: Preset, root_dir: str, download: bool, seed: int, **kwargs):
+    """The data realisation is the run's seed, unless ``dataset_kwargs`` fixes it
+    (``"data_seed"``), as leaderboard-style replicates (several training seeds on one dataset) need."""
     from .cdsprites import CdSpritesNDataset
 
-    return CdSpritesNDataset(seed=seed, **kwargs)
+    return CdSpritesNDataset(seed=kwargs.pop("data_seed", seed), **kwargs)
 
 
 #: name -> ``loader(preset, root_dir, download, seed, **dataset_kwargs) -> WILDSDataset``

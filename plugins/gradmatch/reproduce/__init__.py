@@ -1,0 +1,27 @@
+"""``gradmatch reproduce`` / ``gradmatch report``: the papers' experiments from runs to a report.
+
+:data:`EXPERIMENTS` maps a name to an :class:`~gradmatch.reproduce.core.Experiment`; each
+experiment lives in its own module and is one entry here.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Dict
+
+from .core import Experiment, Job, Report  # noqa: F401
+
+#: experiment name -> module defining ``EXPERIMENT``
+_MODULES = {"cdsprites": "cdsprites", "domainbed": "domainbed", "wilds": "wilds", "adios": "adios"}
+
+
+def get_experiment(name: str) -> Experiment:
+    if name not in _MODULES:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(_MODULES)}")
+    return importlib.import_module(f".{_MODULES[name]}", __name__).EXPERIMENT
+
+
+def experiment_names():
+    return list(_MODULES)
+
+
+EXPERIMENTS: Dict[str, str] = dict(_MODULES)

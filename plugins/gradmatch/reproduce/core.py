@@ -1,0 +1,310 @@
+"""What an experiment is, and how its jobs run: locally, through submitit, or listed (dry run).
+
+An :class:`Experiment` turns a scale (``cpu`` or ``paper``) and an output folder into a list of
+:class:`Job` (shell-free commands, each with the file that marks it finished), and turns a
+finished folder into a :class:`Report`. Launchers only run commands, so the same jobs run on
+this machine, on Slurm, or are printed.
+
+Resumable by construction: a job whose ``done`` file exists is skipped; a job whose
+``resume_if`` file exists (an interrupted run's checkpoint) gets ``resume_argv`` appended. A job
+that exits non-zero is recorded in ``<out>/jobs/<name>.failed.json`` with the tail of its log;
+the other jobs go on, and jobs that need it (``after``) are skipped and reported.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+MANIFEST = "reproduce.json"
+SCALES = ("cpu", "paper")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One command of an experiment.
+
+    name: unique within the experiment and path-safe ("n15/fish_seed0"); its log is
+        ``<out>/jobs/<name>.log``.
+    argv: the command (``argv[0]`` is usually ``sys.executable``); run without a shell.
+    done: path, relative to the output folder, that exists once the job has finished.
+    resume_if / resume_argv: when ``resume_if`` (relative path) exists, ``resume_argv`` is
+        appended (e.g. a checkpoint and ``--resume``).
+    cwd: working folder relative to the output folder (created); default: the output folder.
+    env: extra environment variables.
+    minutes: rough CPU-minutes on the 2-core reference machine (paper scale: GPU-hours x 60 is
+        not implied; the dry run prints it as given).
+    after: names of jobs that must have finished first.
+    """
+
+    name: str
+    argv: Tuple[str, ...]
+    done: str
+    resume_if: Optional[str] = None
+    resume_argv: Tuple[str, ...] = ()
+    cwd: Optional[str] = None
+    env: Mapping[str, str] = field(default_factory=dict)
+    minutes: float = 0.0
+    after: Tuple[str, ...] = ()
+
+    def command(self, out: Path) -> List[str]:
+        """The argv to run now (with ``resume_argv`` when there is something to resume)."""
+        argv = list(self.argv)
+        if self.resume_if and (out / self.resume_if).exists():
+            argv += list(self.resume_argv)
+        return argv
+
+    def is_done(self, out: Path) -> bool:
+        return (out / self.done).exists()
+
+
+@dataclass
+class Report:
+    """What :func:`gradmatch.reproduce.report.write_report` publishes for one experiment.
+
+    markdown: the body (headline table first); ``figures`` are linked after it.
+    data: JSON-serialisable results (also the source of every number in ``markdown``).
+    figures: PNG file names written into the output folder.
+    compare: ``{(dataset, method, metric): measured value}`` set beside the published numbers.
+    """
+
+    markdown: str
+    data: dict
+    figures: List[str] = field(default_factory=list)
+    compare: Dict[Tuple[str, str, str], float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """An entry of :data:`gradmatch.reproduce.EXPERIMENTS`.
+
+    jobs(scale, out) -> jobs of that scale, writing under ``out``.
+    report(out, scale) -> the :class:`Report` of the finished (or partly finished) jobs.
+    scales: scale -> one-line description (budget, what is reduced and how).
+    """
+
+    name: str
+    title: str
+    scales: Mapping[str, str]
+    jobs: Callable[[str, Path], List[Job]]
+    report: Callable[[Path, str], Report]
+
+
+def job_dir(out: Path) -> Path:
+    return out / "jobs"
+
+
+def failed_path(out: Path, job: Job) -> Path:
+    return job_dir(out) / f"{job.name}.failed.json"
+
+
+def log_path(out: Path, job: Job) -> Path:
+    return job_dir(out) / f"{job.name}.log"
+
+
+def check_jobs(jobs: Sequence[Job]) -> None:
+    """Unique names, and every ``after`` names an earlier job."""
+    seen = set()
+    for job in jobs:
+        if job.name in seen:
+            raise ValueError(f"two jobs are named {job.name!r}")
+        missing = [a for a in job.after if a not in seen]
+        if missing:
+            raise ValueError(f"job {job.name!r} runs after {missing}, which are not earlier jobs")
+        seen.add(job.name)
+
+
+def job_states(out: Path, jobs: Sequence[Job]) -> Dict[str, str]:
+    """``name -> "done" | "failed" | "blocked" | "resumable" | "todo"``."""
+    states: Dict[str, str] = {}
+    for job in jobs:
+        if job.is_done(out):
+            states[job.name] = "done"
+        elif failed_path(out, job).exists():
+            states[job.name] = "failed"
+        elif any(states[a] in ("failed", "blocked") for a in job.after):
+            states[job.name] = "blocked"
+        elif job.resume_if and (out / job.resume_if).exists():
+            states[job.name] = "resumable"
+        else:
+            states[job.name] = "todo"
+    return states
+
+
+def format_jobs(out: Path, jobs: Sequence[Job]) -> str:
+    """The dry run: every job with its state and the command it would run now."""
+    import shlex
+
+    states = job_states(out, jobs)
+    lines = []
+    for i, job in enumerate(jobs, 1):
+        after = f"  (after {', '.join(job.after)})" if job.after else ""
+        cost = f"  ~{job.minutes:g} min" if job.minutes else ""
+        lines.append(f"[{i}/{len(jobs)}] {job.name}  {states[job.name]}{cost}{after}")
+        cwd = out / job.cwd if job.cwd else out
+        lines.append(f"    cd {shlex.quote(str(cwd))} && "
+                     + " ".join(f"{k}={shlex.quote(v)}" for k, v in job.env.items())
+                     + (" " if job.env else "") + shlex.join(job.command(out)))
+    counts = {s: list(states.values()).count(s) for s in ("done", "failed", "blocked", "resumable", "todo")}
+    unknown = sum(1 for j in jobs if not j.minutes)
+    lines.append(f"{len(jobs)} jobs, about {sum(j.minutes for j in jobs):g} CPU-minutes in all"
+                 + (f" ({unknown} of unknown duration)" if unknown else "") + "; "
+                 + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+    return "\n".join(lines)
+
+
+def _environment(job: Job) -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update(job.env)
+    return env
+
+
+def run_job(out: Path, job: Job) -> Optional[str]:
+    """Run one job to completion here; ``None`` if it finished, else the reason it failed (also
+    written to its ``.failed.json``). Its output goes to its log (appended on a resume)."""
+    job, proc, log, start = _start(out, job)
+    try:
+        rc = proc.wait()
+    finally:
+        log.close()
+    return _finish(out, job, rc, start)
+
+
+def launch_local(out: Path, jobs: Sequence[Job], parallel: int = 1, retry_failed: bool = False,
+                 echo: Callable[[str], None] = print) -> Dict[str, str]:
+    """Run every unfinished job on this machine, ``parallel`` at a time, each after the jobs it
+    needs. Returns the final :func:`job_states`. Ctrl-C stops the running jobs (their
+    checkpoints stay; rerun to resume)."""
+    check_jobs(jobs)
+    if retry_failed:
+        for job in jobs:
+            failed_path(out, job).unlink(missing_ok=True)
+    pending = [j for j in jobs if job_states(out, jobs)[j.name] in ("todo", "resumable")]
+    running: Dict[str, Tuple[Job, subprocess.Popen, object, float]] = {}
+    total, finished = len(pending), 0
+    try:
+        while pending or running:
+            states = job_states(out, jobs)
+            ready = [j for j in pending if all(states[a] == "done" for a in j.after)]
+            blocked = [j for j in pending if any(states[a] in ("failed", "blocked") for a in j.after)]
+            for job in blocked:
+                pending.remove(job)
+                finished += 1
+                echo(f"[{finished}/{total}] skipped {job.name}: a job it needs failed")
+            for job in ready[:max(0, parallel - len(running))]:
+                pending.remove(job)
+                running[job.name] = _start(out, job)
+                echo(f"started {job.name}" + ("  (resuming)" if states[job.name] == "resumable" else ""))
+            if not running:
+                if pending and not ready:
+                    raise RuntimeError(f"jobs wait on unknown jobs: {[j.name for j in pending]}")
+                continue
+            time.sleep(0.5)
+            for name, (job, proc, log, start) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                log.close()
+                del running[name]
+                finished += 1
+                why = _finish(out, job, proc.returncode, start)
+                echo(f"[{finished}/{total}] {'FAILED ' + name + ': ' + why if why else 'finished ' + name}"
+                     f"  ({(time.time() - start) / 60:.1f} min)")
+    except KeyboardInterrupt:
+        for job, proc, log, _ in running.values():
+            proc.terminate()
+        for job, proc, log, _ in running.values():
+            proc.wait()
+            log.close()
+        raise
+    return job_states(out, jobs)
+
+
+def _start(out: Path, job: Job):
+    log = log_path(out, job)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    cwd = out / job.cwd if job.cwd else out
+    cwd.mkdir(parents=True, exist_ok=True)
+    argv = job.command(out)
+    f = open(log, "a")
+    f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n")
+    f.flush()
+    proc = subprocess.Popen(argv, cwd=cwd, env=_environment(job), stdout=f, stderr=subprocess.STDOUT,
+                            start_new_session=False)
+    return job, proc, f, time.time()
+
+
+def _finish(out: Path, job: Job, rc: int, start: float) -> Optional[str]:
+    if rc == 0 and job.is_done(out):
+        return None
+    why = f"exit status {rc}" if rc != 0 else f"exit status 0 but {job.done} was not written"
+    log = log_path(out, job)
+    tail = log.read_text(errors="replace").splitlines()[-15:]
+    failed_path(out, job).write_text(json.dumps(
+        {"job": job.name, "why": why, "argv": job.command(out), "seconds": time.time() - start,
+         "log": str(log), "log_tail": tail}, indent=2))
+    return why
+
+
+def launch_submitit(out: Path, jobs: Sequence[Job], retry_failed: bool = False,
+                    echo: Callable[[str], None] = print) -> Dict[str, str]:
+    """Submit the unfinished jobs with submitit (one Slurm job each, configured by the
+    ``GRADMATCH_SUBMITIT_*`` variables of :mod:`gradmatch.domainbed.launchers`), in waves: a
+    wave holds the jobs whose ``after`` jobs are done. Waits for every wave."""
+    from ..domainbed.launchers import executor_from_env
+
+    check_jobs(jobs)
+    if retry_failed:
+        for job in jobs:
+            failed_path(out, job).unlink(missing_ok=True)
+    executor = executor_from_env()
+    while True:
+        states = job_states(out, jobs)
+        wave = [j for j in jobs if states[j.name] in ("todo", "resumable")
+                and all(states[a] == "done" for a in j.after)]
+        if not wave:
+            return states
+        with executor.batch():
+            handles = [executor.submit(run_job, out, job) for job in wave]
+        echo(f"submitit: {len(wave)} jobs on the {executor.cluster} executor, logs in {executor.folder}")
+        for job, handle in zip(wave, handles):
+            try:
+                why = handle.result()
+            except Exception as err:  # noqa: BLE001 -- the job did not finish (preempted, timeout)
+                why = f"did not finish: {err}"
+                failed_path(out, job).parent.mkdir(parents=True, exist_ok=True)
+                failed_path(out, job).write_text(json.dumps({"job": job.name, "why": why}, indent=2))
+            echo(f"{'FAILED ' + job.name + ': ' + why if why else 'finished ' + job.name}")
+
+
+LAUNCHERS: Dict[str, Callable[..., Dict[str, str]]] = {"local": launch_local, "submitit": launch_submitit}
+
+
+def write_manifest(out: Path, experiment: Experiment, scale: str, jobs: Sequence[Job]) -> None:
+    """``<out>/reproduce.json``: which experiment and scale the folder holds (checked on rerun)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / MANIFEST
+    record = {"experiment": experiment.name, "scale": scale, "jobs": [j.name for j in jobs]}
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if (saved["experiment"], saved["scale"]) != (experiment.name, scale):
+            raise ValueError(f"{out} holds the {saved['experiment']} experiment at {saved['scale']} "
+                             f"scale ({path}); choose another --out")
+    path.write_text(json.dumps(record, indent=2))
+
+
+def read_manifest(out: Path) -> dict:
+    path = out / MANIFEST
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: `gradmatch report` reads a folder written by "
+                                "`gradmatch reproduce EXPERIMENT --out DIR`")
+    return json.loads(path.read_text())
+
+
+def python_module(module: str, *args: str) -> Tuple[str, ...]:
+    """``(sys.executable, "-m", module, *args)``: a job command run by this interpreter."""
+    return (sys.executable, "-m", module) + tuple(str(a) for a in args)

@@ -1,0 +1,67 @@
+"""``gradmatch report DIR``: a folder of ``gradmatch reproduce`` runs -> ``report.md`` +
+``report.json`` (+ the experiment's plots), with the published numbers beside the measured ones.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import shutil
+from pathlib import Path
+from typing import List, Optional
+
+from . import get_experiment
+from .core import job_states, read_manifest
+from .published import published_for
+
+
+def published_table(experiment: str, compare: dict) -> List[str]:
+    """Markdown rows: every published number of the experiment, the measured value under the
+    same (dataset, method, metric) where there is one, and whether the source was verified."""
+    rows = published_for(experiment)
+    if not rows:
+        return ["No published number for this experiment could be verified from a primary source, so "
+                "none is shown (see `gradmatch/reproduce/published.py`)."]
+    lines = ["| dataset | method | metric | published | measured here | source | verified |",
+             "|---|---|---|---|---|---|---|"]
+    for p in rows:
+        value = f"{p.value:g}" + (f" ± {p.std:g}" if p.std is not None else "")
+        measured = compare.get(p.key)
+        lines.append(f"| {p.dataset} | {p.method} | {p.metric} | {value} | "
+                     f"{'-' if measured is None else f'{measured:.1f}'} | {p.source} | "
+                     f"{'yes' if p.verified else 'no'} |")
+    return lines
+
+
+def write_report(out: Path, copy_to: Optional[Path] = None) -> Path:
+    """Write ``<out>/report.md`` and ``<out>/report.json``; with ``copy_to``, also copy them and
+    the figures there (for committing). Returns the markdown's path."""
+    out = Path(out)
+    manifest = read_manifest(out)
+    experiment = get_experiment(manifest["experiment"])
+    scale = manifest["scale"]
+    jobs = experiment.jobs(scale, out)
+    states = job_states(out, jobs)
+    counts = {s: list(states.values()).count(s) for s in ("done", "failed", "blocked", "resumable", "todo")}
+    rep = experiment.report(out, scale)
+    status = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+    md = [f"# {experiment.title}", "",
+          f"Scale `{scale}`: {experiment.scales[scale]}.", "",
+          f"Jobs: {len(jobs)} ({status}). Written by `gradmatch report` on "
+          f"{datetime.date.today().isoformat()}; rerun `gradmatch reproduce {experiment.name} --scale {scale} "
+          f"--out DIR` to finish or resume the rest.", "",
+          rep.markdown, ""]
+    md += [f"![{name}]({name})" for name in rep.figures] + [""]
+    md += ["## Published numbers", ""] + published_table(experiment.name, rep.compare) + [""]
+    path = out / "report.md"
+    path.write_text("\n".join(md))
+    record = {"experiment": experiment.name, "scale": scale, "jobs": states, "results": rep.data,
+              "published": [dict(p.__dict__, measured=rep.compare.get(p.key))
+                            for p in published_for(experiment.name)]}
+    (out / "report.json").write_text(json.dumps(record, indent=2, default=str))
+    if copy_to is not None:
+        copy_to = Path(copy_to)
+        copy_to.mkdir(parents=True, exist_ok=True)
+        for name in ["report.md", "report.json", *rep.figures]:
+            (copy_to / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(out / name, copy_to / name)
+    return path

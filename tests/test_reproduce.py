@@ -1,0 +1,148 @@
+"""`gradmatch reproduce` / `gradmatch report`: jobs, launchers, resume, failures, the cdsprites and
+wilds experiments, and the published-numbers table."""
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gradmatch import demo
+from gradmatch.cli import build_parser, main
+from gradmatch.reproduce import get_experiment
+from gradmatch.reproduce.collect_predictions import collect
+from gradmatch.reproduce.core import Job, job_states, launch_local, write_manifest
+from gradmatch.reproduce.published import PUBLISHED, TRAINING_DOMAIN_VALIDATION
+from gradmatch.reproduce.report import published_table, write_report
+from gradmatch.reproduce.train_jobs import train_argv
+from gradmatch.wilds.presets import PRESETS
+from gradmatch.wilds.run_config import RunConfig
+
+
+def _parsed(cfg: RunConfig) -> RunConfig:
+    args = build_parser().parse_args(["train", *train_argv(cfg)])
+    fields = {k: v for k, v in vars(args).items() if k not in ("command", "out", "resume", "threads")}
+    return RunConfig(out_dir=args.out, **fields)
+
+
+@pytest.mark.parametrize("which", ["demo_fish", "demo_erm", "fold", "switches"])
+def test_train_argv_rebuilds_the_config_through_the_cli(which, tmp_path):
+    settings = demo.demo_settings(3, 240, 15, 32, "sgd-small")
+    cfg = {
+        "demo_fish": lambda: demo.run_config(tmp_path, "fish", 2, settings, progress=False),
+        "demo_erm": lambda: demo.run_config(tmp_path, "erm", 1, settings, progress=False),
+        "fold": lambda: RunConfig(dataset="poverty", out_dir=str(tmp_path / "p"), fold="C", root_dir="/d",
+                                  erm_warmup_steps=7, warmup_handoff="last", eval_splits=["val", "test"]),
+        "switches": lambda: RunConfig(dataset="camelyon17", out_dir="x", pretrained=False, download=True,
+                                      sync_batchnorm=True, progress=False, devices=2, precision="bf16-mixed",
+                                      dataset_kwargs={"a": [1, 2], "b": "c"}),
+    }[which]()
+    assert _parsed(cfg) == cfg
+
+
+def _py(code: str):
+    return (sys.executable, "-c", code)
+
+
+def test_local_launcher_resumes_records_failures_and_blocks_dependents(tmp_path):
+    out = tmp_path
+    count = "import pathlib, sys; p = pathlib.Path('count_{0}'); p.write_text(p.read_text() + 'x' if p.exists() else 'x'); "
+    jobs = [
+        Job("a", _py(count.format("a") + "pathlib.Path('a.done').write_text('')"), done="a.done"),
+        Job("bad", _py(count.format("bad") + "print('boom'); sys.exit(3)"), done="bad.done"),
+        Job("after_bad", _py("open('c.done', 'w')"), done="c.done", after=("bad",)),
+        Job("after_a", _py("import sys; open('d.done', 'w').write(' '.join(sys.argv[1:]))"), done="d.done",
+            after=("a",), resume_if="ckpt", resume_argv=("--resume",)),
+        Job("silent", _py("pass"), done="never.done"),
+    ]
+    (out / "ckpt").write_text("")
+    states = launch_local(out, jobs, parallel=2, echo=lambda _: None)
+    assert states == {"a": "done", "bad": "failed", "after_bad": "blocked", "after_a": "done", "silent": "failed"}
+    failed = json.loads((out / "jobs" / "bad.failed.json").read_text())
+    assert failed["why"] == "exit status 3" and "boom" in failed["log_tail"]
+    assert "was not written" in json.loads((out / "jobs" / "silent.failed.json").read_text())["why"]
+    assert (out / "d.done").read_text() == "--resume"  # the checkpoint made it a resumed run
+    # a rerun runs nothing that finished or failed ...
+    launch_local(out, jobs, parallel=2, echo=lambda _: None)
+    assert (out / "count_a").read_text() == "x" and (out / "count_bad").read_text() == "x"
+    # ... unless asked to retry the failures
+    launch_local(out, jobs, parallel=1, retry_failed=True, echo=lambda _: None)
+    assert (out / "count_a").read_text() == "x" and (out / "count_bad").read_text() == "xx"
+    with pytest.raises(ValueError, match="not earlier jobs"):
+        launch_local(out, [Job("x", _py("pass"), "x", after=("y",))], echo=lambda _: None)
+
+
+def test_manifest_refuses_another_experiment_in_the_same_folder(tmp_path):
+    cds = get_experiment("cdsprites")
+    write_manifest(tmp_path, cds, "cpu", [])
+    write_manifest(tmp_path, cds, "cpu", [])  # the same one again: fine (a resume)
+    with pytest.raises(ValueError, match="choose another --out"):
+        write_manifest(tmp_path, cds, "paper", [])
+    with pytest.raises(FileNotFoundError, match="gradmatch reproduce"):
+        write_report(tmp_path / "nothing")
+
+
+def test_paper_scale_dry_runs_list_every_job(tmp_path, capsys):
+    cds = get_experiment("cdsprites").jobs("paper", tmp_path)
+    assert len(cds) == 7 * 3 * 2  # N x seeds x {ERM, Fish}
+    assert all("--max-steps" not in j.argv for j in cds)  # the official epochs
+    wilds = get_experiment("wilds").jobs("paper", tmp_path)
+    trains = [j for j in wilds if j.name.startswith("train/")]
+    expected = sum(len(PRESETS[d].replicates) for d in ("camelyon17", "civilcomments", "fmow", "iwildcam",
+                                                         "poverty", "amazon"))
+    assert len(trains) == expected == 10 + 5 + 3 + 3 + 5 + 3
+    assert sorted(j.argv[j.argv.index("--fold") + 1] for j in trains if "--fold" in j.argv) == list("ABCDE")
+    evaluate = [j for j in wilds if j.name.startswith("evaluate/")]
+    assert len(evaluate) == 6 and all(j.after for j in evaluate)
+    assert main(["reproduce", "wilds", "--scale", "paper", "--out", str(tmp_path), "--dry-run"]) == 0
+    listing = capsys.readouterr().out
+    assert listing.count("gradmatch.cli train") == expected and "41 jobs" in listing
+    assert not (tmp_path / "reproduce.json").exists()  # a dry run writes nothing
+
+
+def test_collect_refuses_conflicting_predictions(tmp_path):
+    for run, text in (("r1", "1\n0\n"), ("r2", "1\n0\n"), ("r3", "0\n0\n")):
+        d = tmp_path / run / "predictions" / "cdsprites"
+        d.mkdir(parents=True)
+        (d / "cdsprites_split:test_seed:0_epoch:best_pred.csv").write_text(text)
+    collect(tmp_path / "sub", [tmp_path / "r1", tmp_path / "r2"])  # identical: fine
+    assert json.loads((tmp_path / "sub" / "cdsprites" / "manifest.json").read_text())
+    with pytest.raises(FileExistsError, match="same replicate"):
+        collect(tmp_path / "sub", [tmp_path / "r3"])
+    with pytest.raises(FileNotFoundError, match="no predictions"):
+        collect(tmp_path / "sub", [tmp_path / "empty"])
+
+
+def test_published_table_sets_measured_values_beside_verified_sources():
+    rows = published_table("domainbed", {("ColoredMNIST", "ERM", TRAINING_DOMAIN_VALIDATION): 49.94})
+    cmnist = next(r for r in rows if r.startswith("| ColoredMNIST | ERM | " + TRAINING_DOMAIN_VALIDATION))
+    assert "| 51.5 ± 0.1 | 49.9 |" in cmnist and cmnist.endswith("| yes |")
+    assert all(p.source and isinstance(p.verified, bool) for p in PUBLISHED)
+    assert "could be verified" in published_table("no-such-experiment", {})[0]
+
+
+@pytest.mark.slow
+def test_wilds_cpu_experiment_end_to_end_scores_match_a_direct_computation(tmp_path, monkeypatch):
+    """Every replicate trains, the predictions are collected in the leaderboard layout, `gradmatch
+    evaluate` scores them, and the report's numbers equal accuracies computed here from the files."""
+    from gradmatch.reproduce import wilds as W
+    from gradmatch.wilds.cdsprites import CdSpritesNDataset
+    from gradmatch.wilds.predictions import read_predictions
+
+    monkeypatch.setattr(W, "CPU_STEPS", 6)
+    monkeypatch.setattr(W, "CPU_DATASET_KWARGS", {"num_domains": 3, "data_seed": 0})
+    jobs = W.jobs("cpu", tmp_path)
+    write_manifest(tmp_path, W.EXPERIMENT, "cpu", jobs)
+    states = launch_local(tmp_path, jobs, parallel=2, echo=lambda _: None)
+    assert set(states.values()) == {"done"}
+    files = sorted((tmp_path / "submission" / "fish" / "cdsprites").glob("*.csv"))
+    assert len(files) == 3 * 3  # val, test, id_val x seeds 0-2
+    test = CdSpritesNDataset(num_domains=3, seed=0).get_subset("test")
+    accs = [np.mean(np.asarray(read_predictions(f)) == test.y_array.numpy())
+            for f in files if "split:test_" in f.name]
+    data = json.loads((tmp_path / "scores" / "fish" / "cdsprites_results.json").read_text())
+    assert data["test"]["acc_avg"] == pytest.approx(np.mean(accs), abs=1e-9)
+    assert data["test"]["acc_avg_std"] == pytest.approx(np.std(accs, ddof=1), abs=1e-9)
+    text = write_report(tmp_path).read_text()
+    assert f"| FISH | " in text and f"{100 * data['test']['acc_avg']:.1f} ±" in text
+    assert "10 done" in text
