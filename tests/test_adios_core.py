@@ -455,10 +455,13 @@ def test_single_mask_batched_equals_looped(setup, masked_views):
     assert torch.allclose(batched[0], looped[0], rtol=1e-10)
     for i in (2, 3):
         assert_close_lists(batched[i], looped[i])
-    # the one masked view per input is apply_one_mask_per_image under the same seed
+    # the one masked view per input is apply_one_mask_per_image under the same seed, with one
+    # mask index per image shared by both views (the official SimSiam-ADIOS-s draws it once)
     masks = batched[4]
     torch.manual_seed(7)
-    hidden = {i: apply_one_mask_per_image(views[i], masks[i].detach()) for i in sorted(masked_views)}
+    choice = torch.randint(N, (B,))
+    hidden = {i: apply_one_mask_per_image(views[i], masks[i].detach(), choice=choice)
+              for i in sorted(masked_views)}
     enc = copy.deepcopy(encoder)
     with torch.no_grad():
         x = {(i, False): v for i, v in enumerate(views)}

@@ -33,17 +33,27 @@ def apply_masks(x: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
 
 
 def apply_one_mask_per_image(x: torch.Tensor, masks: torch.Tensor,
-                             generator: torch.Generator | None = None) -> torch.Tensor:
+                             generator: torch.Generator | None = None,
+                             choice: torch.Tensor | None = None) -> torch.Tensor:
     """ADIOS-s: each image is hidden by one of its N masks, drawn uniformly at random.
 
     ``x`` (B, C, H, W), ``masks`` (B, N, H, W) -> (B, C, H, W) = ``x[i] * (1 - masks[i, c_i])``
-    with ``c_i ~ U{0..N-1}`` independent per image (one encoder pass instead of N).
+    with ``c_i ~ U{0..N-1}`` independent per image (one encoder pass instead of N). ``choice``:
+    the indices ``c`` (B,) to use instead of a draw (:func:`draw_mask_choice`).
     """
     _check_masks(x, masks)
-    choice = torch.randint(masks.shape[1], (masks.shape[0],), generator=generator,
-                           device="cpu").to(masks.device)
+    if choice is None:
+        choice = draw_mask_choice(masks.shape[0], masks.shape[1], generator)
+    choice = choice.to(masks.device)
     picked = masks[torch.arange(masks.shape[0], device=masks.device), choice]  # (B, H, W)
     return x * (1.0 - picked.unsqueeze(1))
+
+
+def draw_mask_choice(batch: int, num_masks: int,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+    """ADIOS-s's mask index per image, ``c ~ U{0..N-1}`` (B,), drawn on the CPU as the official
+    ``torch.randint(low=0, high=N, size=(batch_size,))``."""
+    return torch.randint(num_masks, (batch,), generator=generator, device="cpu")
 
 
 def mask_fractions(masks: torch.Tensor) -> torch.Tensor:
@@ -82,15 +92,22 @@ def fraction_neg_entropy(masks: torch.Tensor) -> torch.Tensor:
 
 
 def masker_objective(ssl_loss: torch.Tensor, masks: torch.Tensor, alpha_sparsity: float,
-                     alpha_entropy: float = 0.0) -> torch.Tensor:
+                     alpha_entropy: float = 0.0, entropy_groups: int = 1) -> torch.Tensor:
     """What the masker maximises: ``ssl_loss - alpha_sparsity * sparsity_penalty(masks)
     + alpha_entropy * fraction_neg_entropy(masks)``. Minimise its negative. Float32 at least
-    (under mixed precision the SSL loss may come in bfloat16/float16), autocast off."""
+    (under mixed precision the SSL loss may come in bfloat16/float16), autocast off.
+
+    ``entropy_groups``: the mask axis is split into this many equal groups (one per view: the
+    views' masks are concatenated along it) and the entropy term is summed over the groups, each
+    with its own softmax, as the official SimSiam-ADIOS-s does; 1 = one softmax over all masks
+    (the official full ADIOS)."""
     penalty = sparsity_penalty(masks)
     with _full_precision(penalty):
         objective = _at_least_float32(ssl_loss) - alpha_sparsity * penalty
         if alpha_entropy:
-            objective = objective + alpha_entropy * fraction_neg_entropy(masks)
+            entropy = sum(fraction_neg_entropy(group)
+                          for group in masks.chunk(entropy_groups, dim=1))
+            objective = objective + alpha_entropy * entropy
     return objective
 
 
@@ -186,6 +203,8 @@ def _check_masks(x: torch.Tensor, masks: torch.Tensor) -> None:
 #: views are masked], ``none`` = (v1, v2), ``both`` = (v1m, v2m) (both views masked only).
 PAIR_KINDS = ("masked", "none", "both")
 MASKED_VIEWS = ("second", "both")
+#: ADIOS-s with both views masked: one mask index per image for both views, or one per view.
+SINGLE_MASK_CHOICES = ("shared", "per_view")
 
 
 def adios_ssl_loss(encode: Callable[[torch.Tensor], Any],
@@ -195,6 +214,7 @@ def adios_ssl_loss(encode: Callable[[torch.Tensor], Any],
                    single_mask: bool = False, batched: bool = True,
                    grad_through_views: bool = True,
                    directional_loss: Callable[[Any, Any], torch.Tensor] | None = None,
+                   single_mask_choice: str = "shared",
                    ) -> tuple[torch.Tensor, List[torch.Tensor]]:
     """The SSL part of the ADIOS objective, ``sum_k mean_pairs L(a, b)``.
 
@@ -206,6 +226,8 @@ def adios_ssl_loss(encode: Callable[[torch.Tensor], Any],
         modules: the modules ``encode`` runs (their BatchNorm layers get per-view statistics).
         pairs: kinds of pairs per mask, see :data:`PAIR_KINDS`.
         single_mask: ADIOS-s, one random mask per image (one masked view per masked input).
+        single_mask_choice: ADIOS-s with both views masked: ``shared`` = one mask index per
+            image for both views (the official SimSiam-ADIOS-s), ``per_view`` = one draw per view.
         batched: encode each unmasked view once and all masked views in one forward pass;
             ``False`` is the official order (unmasked views re-encoded for every mask, masked
             views one at a time). Both give the same loss.
@@ -232,7 +254,14 @@ def adios_ssl_loss(encode: Callable[[torch.Tensor], Any],
         raise ValueError("pairs 'both' needs both views masked (masked_views: both)")
 
     if single_mask:
-        masked = {i: [apply_one_mask_per_image(views[i], masks[i])] for i in masked_idx}
+        if single_mask_choice not in SINGLE_MASK_CHOICES:
+            raise ValueError(f"single_mask_choice={single_mask_choice!r}: choose one of "
+                             f"{SINGLE_MASK_CHOICES}")
+        first = masks[masked_idx[0]]
+        choice = (draw_mask_choice(first.shape[0], first.shape[1])
+                  if single_mask_choice == "shared" else None)
+        masked = {i: [apply_one_mask_per_image(views[i], masks[i], choice=choice)]
+                  for i in masked_idx}
     else:
         masked = {i: list(apply_masks(views[i], masks[i]).chunk(masks[i].shape[1]))
                   for i in masked_idx}

@@ -113,14 +113,18 @@ def masker_update(masks_fn: MasksFn, ssl_fn: SSLFn, optimizer: torch.optim.Optim
                   frozen: Sequence[torch.optim.Optimizer], *, alpha_sparsity: float,
                   alpha_entropy: float = 0.0,
                   masks_graph: Optional[List[Optional[torch.Tensor]]] = None,
-                  hooks: Hooks = PLAIN) -> MaskerStep:
+                  hooks: Hooks = PLAIN, entropy_per_view: bool = False) -> MaskerStep:
     """The masker step: maximise the SSL loss minus the penalties, the parameters of the
-    ``frozen`` optimizers frozen. ``masks_graph``: the encoder step's masks to reuse."""
+    ``frozen`` optimizers frozen. ``masks_graph``: the encoder step's masks to reuse.
+    ``entropy_per_view``: the entropy term is summed over the views, one softmax per view's
+    masks (the official SimSiam-ADIOS-s), instead of one softmax over all views' masks."""
     with hooks.only(optimizer, frozen):
         masks = masks_graph if masks_graph is not None else masks_fn()
-        all_masks = torch.cat([m for m in masks if m is not None], dim=1)
+        present = [m for m in masks if m is not None]
+        all_masks = torch.cat(present, dim=1)
         ssl, _ = ssl_fn(masks, False)
-        objective = masker_objective(ssl, all_masks, alpha_sparsity, alpha_entropy)
+        objective = masker_objective(ssl, all_masks, alpha_sparsity, alpha_entropy,
+                                     entropy_groups=len(present) if entropy_per_view else 1)
         hooks.check_finite(objective, "masker")
         hooks.zero_grad(optimizer)
         hooks.masker_backward(-objective)
@@ -131,13 +135,15 @@ def masker_update(masks_fn: MasksFn, ssl_fn: SSLFn, optimizer: torch.optim.Optim
 def adios_step(masks_fn: MasksFn, ssl_fn: SSLFn, encoder_optimizer: torch.optim.Optimizer,
                masker_optimizer: Optional[torch.optim.Optimizer], *, alpha_sparsity: float,
                alpha_entropy: float = 0.0, reuse_masks: bool = True,
-               hooks: Hooks = PLAIN) -> Tuple[EncoderStep, Optional[MaskerStep]]:
+               hooks: Hooks = PLAIN,
+               entropy_per_view: bool = False) -> Tuple[EncoderStep, Optional[MaskerStep]]:
     """One ADIOS update: the encoder step, then (with a masker optimizer) the masker step.
 
     ``masks_fn`` computes the masks of both views; ``ssl_fn(masks, grad_through_views)``
     returns the SSL loss of the (view, masked view) pairs and the encoder's extra loss
     (``grad_through_views=False`` in the masker step: the encoder is frozen there). Without a
     masker optimizer (fixed masks: random, MAE or BEiT baselines) only the encoder steps.
+    ``entropy_per_view``: see :func:`masker_update`.
     """
     reuse = reuse_masks and masker_optimizer is not None
     encoder = encoder_update(masks_fn, ssl_fn, encoder_optimizer, reuse_masks=reuse, hooks=hooks)
@@ -145,5 +151,6 @@ def adios_step(masks_fn: MasksFn, ssl_fn: SSLFn, encoder_optimizer: torch.optim.
         return encoder, None
     masker = masker_update(masks_fn, ssl_fn, masker_optimizer, [encoder_optimizer],
                            alpha_sparsity=alpha_sparsity, alpha_entropy=alpha_entropy,
-                           masks_graph=encoder.masks_graph, hooks=hooks)
+                           masks_graph=encoder.masks_graph, hooks=hooks,
+                           entropy_per_view=entropy_per_view)
     return encoder, masker

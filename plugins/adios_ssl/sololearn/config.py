@@ -8,7 +8,15 @@ size], ``img_size`` [the first augmentation pipeline's ``crop_size``, else 224],
 ``mask_generator`` [adversarial | random | mae | beit], ``mask_ratio`` [baseline default],
 ``computation`` [batched | looped], ``symmetric_pairs`` [True; SimSiam: False keeps only the
 term predicting the masked view], ``mask_pictures`` [{enabled: True, every_n_epochs: 1,
-num_images: 8}].
+num_images: 8}], ``classifier_views`` [both | first: the crops the online classifier is
+trained on], ``train_mask_epoch`` [10 for momentum methods (BYOL), else 0: the encoder's
+warm-up + cosine schedule ends this many epochs before ``max_epochs``, as in the official
+code], ``single_mask_choice`` [shared | per_view: ADIOS-s with both views masked, one mask index
+per image for both views or one per view], ``single_mask_entropy`` [per_view | joint: ADIOS-s
+with both views masked, the entropy term per view's masks or over all masks].
+
+A method can change these defaults (:func:`adios_ssl.sololearn.method.adios_method`): SimSiam's
+follow the official SimSiam-ADIOS command line (both views masked, all pairs, 4 UNet blocks).
 """
 from __future__ import annotations
 
@@ -19,10 +27,13 @@ from omegaconf import OmegaConf
 
 from ..baselines import BASELINE_MASKS
 from ..masker import NORMS
-from ..objective import MASKED_VIEWS, PAIR_KINDS
+from ..objective import MASKED_VIEWS, PAIR_KINDS, SINGLE_MASK_CHOICES
 
 GENERATORS = ("adversarial",) + tuple(BASELINE_MASKS)
 COMPUTATIONS = ("batched", "looped")
+CLASSIFIER_VIEWS = ("both", "first")
+SINGLE_MASK_ENTROPIES = ("per_view", "joint")
+UNET_BLOCKS = (4, 5, 6)
 DEFAULT_IMG_SIZE = 224
 
 
@@ -30,18 +41,27 @@ class ADIOSConfigError(ValueError):
     """A bad ADIOS setting in the solo-learn config."""
 
 
-def adios_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
-    """Fill in and check the ADIOS keys of ``cfg.method_kwargs`` (see the module docstring)."""
+def adios_cfg(cfg: omegaconf.DictConfig,
+              method_defaults: dict | None = None) -> omegaconf.DictConfig:
+    """Fill in and check the ADIOS keys of ``cfg.method_kwargs`` (see the module docstring).
+    ``method_defaults``: the method's own defaults for some keys (used where a key is absent)."""
     defaults = {
         "N": 6, "mask_lr": 0.1, "alpha_sparsity": 1.0, "alpha_entropy": 0.0, "mask_fbase": 32,
         "unet_norm": "gn", "unet_blocks": None, "img_size": None, "single_mask": False,
         "masked_views": "second", "pairs": ["masked"], "mask_generator": "adversarial",
         "mask_ratio": None, "computation": "batched", "symmetric_pairs": True,
         "mask_pictures": {"enabled": True, "every_n_epochs": 1, "num_images": 8},
+        "classifier_views": "both", "train_mask_epoch": 0, "single_mask_choice": "shared",
+        "single_mask_entropy": "per_view",
     }
+    defaults.update(method_defaults or {})
+    pairs_given = _select(cfg, "method_kwargs.pairs", None) is not None
     for key, value in defaults.items():
         cfg.method_kwargs[key] = _select(cfg, f"method_kwargs.{key}", value)
     kw = cfg.method_kwargs
+    if not pairs_given and kw.masked_views != "both":
+        # a default with (masked view, masked view) pairs (SimSiam's) on one masked view
+        kw.pairs = [p for p in kw.pairs if p != "both"]
     if kw.img_size is None:
         crop = _select(cfg, "augmentations.0.crop_size", None)
         # No crop size in the config (e.g. solo-learn's own test configs): the masker is built
@@ -58,6 +78,24 @@ def adios_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
            f"method_kwargs.masked_views={kw.masked_views!r}: choose one of {MASKED_VIEWS}")
     _check(kw.computation in COMPUTATIONS,
            f"method_kwargs.computation={kw.computation!r}: choose one of {COMPUTATIONS}")
+    _check(kw.classifier_views in CLASSIFIER_VIEWS,
+           f"method_kwargs.classifier_views={kw.classifier_views!r}: choose one of "
+           f"{CLASSIFIER_VIEWS} (the crops the online classifier is trained on)")
+    _check(kw.single_mask_choice in SINGLE_MASK_CHOICES,
+           f"method_kwargs.single_mask_choice={kw.single_mask_choice!r}: choose one of "
+           f"{SINGLE_MASK_CHOICES}")
+    _check(kw.single_mask_entropy in SINGLE_MASK_ENTROPIES,
+           f"method_kwargs.single_mask_entropy={kw.single_mask_entropy!r}: choose one of "
+           f"{SINGLE_MASK_ENTROPIES}")
+    _check(_is_int(kw.train_mask_epoch) and int(kw.train_mask_epoch) >= 0,
+           f"method_kwargs.train_mask_epoch={kw.train_mask_epoch!r} must be an integer >= 0 "
+           "(epochs by which the encoder's cosine schedule ends before max_epochs)")
+    if kw.unet_blocks == "auto":
+        kw.unet_blocks = None  # from the crop size
+    _check(kw.unet_blocks is None
+           or (_is_int(kw.unet_blocks) and int(kw.unet_blocks) in UNET_BLOCKS),
+           f"method_kwargs.unet_blocks={kw.unet_blocks!r}: choose one of {UNET_BLOCKS}, or auto "
+           "(from the crop size: int(log2(img_size)) - 1)")
     pairs = list(kw.pairs)
     _check(bool(pairs) and set(pairs) <= set(PAIR_KINDS),
            f"method_kwargs.pairs={pairs}: choose a non-empty subset of {PAIR_KINDS}")
@@ -78,6 +116,10 @@ def adios_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
                             f"num_large_crops={crops[0]}, num_small_crops={crops[1]}: use one "
                             "augmentation pipeline with num_crops: 2 (symmetric)")
     return cfg
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check(ok: bool, message: str) -> None:

@@ -11,20 +11,34 @@ from typing import Any, Dict, Optional
 
 import omegaconf
 import torch
-from solo.methods.base import BaseMethod
+from solo.methods.base import BaseMethod, BaseMomentumMethod
 
 from .config import ADIOSConfigError, adios_cfg  # noqa: F401 (re-exported)
 from .mixin import ADIOSMixin
 
+#: The official ``BaseMomentumADIOSModel`` (BYOL-ADIOS) has ``--train_mask_epoch`` 10: its
+#: encoder schedule runs over ``max_epochs - 10`` epochs (``adios:src/methods/base_adios.py``).
+MOMENTUM_DEFAULTS: Dict[str, Any] = {"train_mask_epoch": 10}
+#: The official SimSiam-ADIOS command-line defaults (``adios:src/methods/simsiam_adios.py``):
+#: masks on both views, ``use_symmetry_mask``/``use_no_mask``/``use_both_mask`` all true, and
+#: ``--num_blocks 4`` whatever the image size.
+SIMSIAM_DEFAULTS: Dict[str, Any] = {"masked_views": "both", "pairs": ["masked", "none", "both"],
+                                    "unet_blocks": 4}
 
-def adios_method(base: type, name: Optional[str] = None) -> type:
-    """The ADIOS version of a two-view solo-learn method class (``BaseMethod`` subclass)."""
+
+def adios_method(base: type, name: Optional[str] = None,
+                 defaults: Optional[Dict[str, Any]] = None) -> type:
+    """The ADIOS version of a two-view solo-learn method class (``BaseMethod`` subclass).
+    ``defaults``: the method's own defaults for ADIOS keys (over :data:`MOMENTUM_DEFAULTS` for
+    momentum methods and the generic ones in :func:`adios_cfg`)."""
     if not (isinstance(base, type) and issubclass(base, BaseMethod)):
         raise TypeError(f"{base!r} is not a solo-learn BaseMethod subclass")
     cls_name = name or f"{base.__name__}ADIOS"
+    method_defaults = dict(MOMENTUM_DEFAULTS) if issubclass(base, BaseMomentumMethod) else {}
+    method_defaults.update(defaults or {})
 
     def add_and_assert_specific_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
-        return adios_cfg(base.add_and_assert_specific_cfg(cfg))
+        return adios_cfg(base.add_and_assert_specific_cfg(cfg), method_defaults)
 
     return type(cls_name, (ADIOSMixin, base), {
         "add_and_assert_specific_cfg": staticmethod(add_and_assert_specific_cfg),
@@ -41,11 +55,12 @@ def _solo_method(name: str) -> type:
 
 SimCLRADIOS = adios_method(_solo_method("simclr"), "SimCLRADIOS")
 BYOLADIOS = adios_method(_solo_method("byol"), "BYOLADIOS")
-class SimSiamADIOS(adios_method(_solo_method("simsiam"), "_SimSiamADIOSBase")):
+class SimSiamADIOS(adios_method(_solo_method("simsiam"), "_SimSiamADIOSBase", SIMSIAM_DEFAULTS)):
     """SimSiam + ADIOS. With ``method_kwargs.symmetric_pairs: false`` a (view, masked view)
     pair contributes only the term in which the masked view's prediction meets the other
     view's projection, ``D(p_masked, z)``: the official SimSiam-ADIOS without
-    ``use_symmetry_mask`` (per mask, the mean over the official terms)."""
+    ``use_symmetry_mask`` (per mask, the mean over the official terms). Defaults: the
+    official command line's (:data:`SIMSIAM_DEFAULTS`)."""
 
     @staticmethod
     def adios_directional_loss(masked: Dict[str, Any], plain: Dict[str, Any]) -> torch.Tensor:

@@ -4,7 +4,8 @@
 training step is :func:`adios_ssl.step.adios_step` with Lightning's manual-optimization calls:
 
 1. an encoder step: ``sum_k L(view1, view2 * (1 - m_k))`` with the masks detached, plus the
-   online classifier's loss, on the encoder optimizer and scheduler that ``BaseMethod`` builds;
+   online classifier's loss (the mean over both crops, as the official ``linear_forward``), on
+   the encoder optimizer and scheduler that ``BaseMethod`` builds;
 2. a masker step: the masker maximises the same sum minus ``alpha_sparsity`` times the sparsity
    penalty (plus the optional entropy term), on its own optimizer (``mask_lr``).
 
@@ -28,6 +29,7 @@ with ``find_unused_parameters=False`` sees every parameter it manages used.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 
 import omegaconf
@@ -62,6 +64,10 @@ class ADIOSMixin:
         self.masked_views: str = kw.masked_views
         self.adios_pairs = tuple(kw.pairs)
         self.symmetric_pairs = bool(kw.symmetric_pairs)
+        self.classifier_views: str = kw.classifier_views
+        self.train_mask_epoch = int(kw.train_mask_epoch)
+        self.single_mask_choice: str = kw.single_mask_choice
+        self.single_mask_entropy: str = kw.single_mask_entropy
         if not self.symmetric_pairs and not hasattr(self, "adios_directional_loss"):
             raise ADIOSConfigError(
                 f"method_kwargs.symmetric_pairs=false needs a directional loss, which only "
@@ -104,7 +110,26 @@ class ADIOSMixin:
             lr=self.mask_lr, weight_decay=self.weight_decay, **self.extra_optimizer_args)
         if schedulers:
             schedulers.append(same_schedule(schedulers[0], masker_opt, self.mask_lr))
+            self._shorten_encoder_schedule(schedulers[0])  # after the masker's copy of it
         return optimizers + [masker_opt], schedulers
+
+    def _shorten_encoder_schedule(self, schedule: Any) -> None:
+        """The official ADIOS code runs the encoder's warm-up + cosine schedule over
+        ``max_epochs - train_mask_epoch`` epochs (the masker's over ``max_epochs``;
+        ``train_mask_epoch`` is 10 for BYOL-ADIOS, 0 otherwise), after which the cosine climbs
+        back up. Where that leaves no cosine phase (``max_epochs - train_mask_epoch <=
+        warmup_epochs``; the official code divides by zero or runs the cosine backwards) the
+        schedule is left whole."""
+        scheduler = schedule["scheduler"] if isinstance(schedule, dict) else schedule
+        if not self.train_mask_epoch or type(scheduler).__name__ != "LinearWarmupCosineAnnealingLR":
+            return
+        if self.max_epochs - self.train_mask_epoch <= self.warmup_epochs:
+            warnings.warn(f"method_kwargs.train_mask_epoch={self.train_mask_epoch} leaves no "
+                          f"cosine phase with max_epochs={self.max_epochs} and warmup_epochs="
+                          f"{self.warmup_epochs}: the encoder's schedule runs over max_epochs")
+            return
+        per_epoch = scheduler.max_epochs / self.max_epochs  # 1, or batches per epoch (step)
+        scheduler.max_epochs -= int(round(self.train_mask_epoch * per_epoch))
 
     def on_save_checkpoint(self, checkpoint: Dict[str, Any]) -> None:
         """Keep the checkpoint loadable with ``torch.load(weights_only=True)`` (torch>=2.6,
@@ -149,8 +174,7 @@ class ADIOSMixin:
         encoder, masker = adios_step(
             lambda: self._masks(x1, x2), ssl_fn, optimizers[0],
             optimizers[1] if self.masker is not None else None,
-            alpha_sparsity=self.alpha_sparsity, alpha_entropy=self.alpha_entropy,
-            reuse_masks=self.adios_batched, hooks=_LightningHooks(self, optimizers))
+            hooks=_LightningHooks(self, optimizers), **self._adios_step_options())
         metrics = {"train_adios_ssl_loss": encoder.ssl_loss}
         if masker is not None:
             fractions = mask_fractions(masker.masks)
@@ -163,6 +187,13 @@ class ADIOSMixin:
         self.log_dict(metrics, on_epoch=True, sync_dist=True)
         self._step_schedulers()
         return encoder.loss
+
+    def _adios_step_options(self) -> Dict[str, Any]:
+        """The settings :func:`adios_ssl.step.adios_step` gets from the config."""
+        return {"alpha_sparsity": self.alpha_sparsity, "alpha_entropy": self.alpha_entropy,
+                "reuse_masks": self.adios_batched,
+                # the official SimSiam-ADIOS-s: one entropy term per view's masks
+                "entropy_per_view": self.single_mask and self.single_mask_entropy == "per_view"}
 
     # ---------------------------------------------------------------------- several processes
     def on_fit_start(self) -> None:
@@ -209,6 +240,13 @@ class ADIOSMixin:
         """``(sum_k ssl_k, [ssl_k], classifier loss)`` via the parent's own training_step."""
         indexes, (x1, x2), targets = batch
         classifier: Dict[str, torch.Tensor] = {}
+        # the encoder step trains the online classifier(s) on both crops (the official
+        # linear_forward); the masker step only needs the numbers the parent adds and we remove
+        both_crops = grad_through_views and self.classifier_views == "both"
+
+        def classifier_terms(first: Dict[str, Any]) -> Dict[str, Any]:
+            second = self._second_crop_outputs(x2) if both_crops else None
+            return self._classifier_terms(first, targets, second)
 
         def encode(x: torch.Tensor) -> Dict[str, Any]:
             out = dict(self(x))
@@ -219,7 +257,7 @@ class ADIOSMixin:
 
         def pair_loss(a: Dict[str, Any], b: Dict[str, Any]) -> torch.Tensor:
             if not classifier:
-                classifier.update(self._classifier_terms(a, targets))
+                classifier.update(classifier_terms(a))
             self._adios_serving = {id(out[_IMAGE_KEY]): self._served(out, classifier)
                                    for out in (a, b)}
             knn_eval, self.knn_eval = self.knn_eval, False
@@ -233,40 +271,71 @@ class ADIOSMixin:
 
         def directional_loss(masked: Dict[str, Any], plain: Dict[str, Any]) -> torch.Tensor:
             if not classifier:  # the first pair is (view 1, masked view 2)
-                classifier.update(self._classifier_terms(plain, targets))
+                classifier.update(classifier_terms(plain))
             return self.adios_directional_loss(masked, plain)
 
         ssl, per_mask = adios_ssl_loss(
             encode, pair_loss, (x1, x2), masks, [self], pairs=self.adios_pairs,
             single_mask=self.single_mask, batched=self.adios_batched,
             grad_through_views=grad_through_views,
-            directional_loss=None if self.symmetric_pairs else directional_loss)
+            directional_loss=None if self.symmetric_pairs else directional_loss,
+            single_mask_choice=self.single_mask_choice)
         if grad_through_views and self.knn_eval and "feats" in classifier:
-            keep = targets != -1
-            self.knn(train_features=classifier["feats"][keep], train_targets=targets[keep])
+            knn_targets = classifier["knn_targets"]
+            keep = knn_targets != -1
+            self.knn(train_features=classifier["feats"][keep], train_targets=knn_targets[keep])
         return ssl, per_mask, classifier.get("loss", ssl.new_zeros(()))
 
-    def _classifier_terms(self, out: Dict[str, Any], targets: torch.Tensor) -> Dict[str, Any]:
-        """Online classifier(s) on the first view: loss (with grad), detached values, stats."""
-        terms: Dict[str, Any] = {"feats": out["feats"].detach()}
-        logits = out["logits"]
-        loss = F.cross_entropy(logits, targets, ignore_index=-1)
-        acc1, acc5 = accuracy_at_k(logits, targets, top_k=(1, min(5, logits.size(1))))
-        terms.update({"loss": loss, "online": {"loss": loss.detach(), "acc1": acc1, "acc5": acc5},
-                      "detached": loss.detach()})
+    def _classifier_terms(self, out: Dict[str, Any], targets: torch.Tensor,
+                          second: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+        """Online classifier(s) on the first view, or (``second``: the second crop's outputs)
+        the mean over both crops as solo-learn's and the official ``training_step`` compute
+        it: loss (with grad), detached values, stats, kNN features."""
+        views = [out] if second is None else [out, second]
+
+        def head(logits_per_view: List[torch.Tensor]) -> Dict[str, torch.Tensor]:
+            losses, acc1s, acc5s = [], [], []
+            for logits in logits_per_view:
+                losses.append(F.cross_entropy(logits, targets, ignore_index=-1))
+                acc1, acc5 = accuracy_at_k(logits, targets, top_k=(1, min(5, logits.size(1))))
+                acc1s.append(acc1)
+                acc5s.append(acc5)
+            n = len(logits_per_view)
+            return {"loss": sum(losses) / n, "acc1": sum(acc1s) / n, "acc5": sum(acc5s) / n}
+
+        online = head([v["logits"] for v in views])
+        loss = online["loss"]
+        terms: Dict[str, Any] = {
+            "feats": torch.cat([v["feats"].detach() for v in views]),
+            "knn_targets": targets.repeat(len(views)),
+            "loss": loss, "online": {**online, "loss": loss.detach()}, "detached": loss.detach()}
         momentum_classifier = getattr(self, "momentum_classifier", None)
         if momentum_classifier is not None:
-            m_logits = momentum_classifier(out[_MOMENTUM_PREFIX + "feats"])
-            m_loss = F.cross_entropy(m_logits, targets, ignore_index=-1)
-            m_acc1, m_acc5 = accuracy_at_k(m_logits, targets, top_k=(1, min(5, m_logits.size(1))))
-            terms.update({"momentum": {"logits": m_logits, "loss": m_loss.detach(),
-                                       "acc1": m_acc1, "acc5": m_acc5},
+            m_logits = [momentum_classifier(v[_MOMENTUM_PREFIX + "feats"]) for v in views]
+            momentum = head(m_logits)
+            m_loss = momentum["loss"]
+            terms.update({"momentum": {**momentum, "logits": m_logits[0], "loss": m_loss.detach()},
                           "loss": loss + m_loss, "detached": (loss + m_loss).detach()})
         return terms
 
+    def _second_crop_outputs(self, x: torch.Tensor) -> Dict[str, Any]:
+        """What the online classifier(s) read from the second (unmasked) crop: its backbone
+        (and momentum backbone) features, in training mode as the official ``linear_forward``
+        computes them, without a gradient to the backbone (the classifier reads them
+        detached), and the classifier's logits."""
+        if not self.no_channel_last:
+            x = x.to(memory_format=torch.channels_last)
+        with torch.no_grad():
+            out = {"feats": self.backbone(x)}
+            if getattr(self, "momentum_classifier", None) is not None:
+                out[_MOMENTUM_PREFIX + "feats"] = self.momentum_backbone(x)
+        out["logits"] = self.classifier(out["feats"])
+        return out
+
     def _served(self, out: Dict[str, Any], classifier: Dict[str, Any]) -> tuple:
         """What the parent's ``base_training_step`` / ``_shared_step_momentum`` return for one
-        view: its own forward outputs, with the first view's (detached) classifier numbers."""
+        view: its own forward outputs, with the (detached) classifier numbers of
+        :meth:`_classifier_terms`, the same for every view the parent averages."""
         online = {k: v for k, v in out.items()
                   if not k.startswith(_MOMENTUM_PREFIX) and k != _IMAGE_KEY}
         online.update(classifier["online"])
