@@ -1,0 +1,264 @@
+"""``gradmatch reproduce adios``: the PACS split, the frozen-feature probes, a tiny end-to-end run
+of the cpu scale through :func:`gradmatch.reproduce.core.launch_local`, and the paper-scale job
+list.
+
+The split and probe tests need neither solo-learn nor PACS (PACS is used when present); the
+end-to-end test needs both (``$SOLO_LEARN_DIR`` or the cache checkout; ``$PACS_DIR`` or
+``<repo>/../shared/data/PACS``) and skips, saying which is missing, otherwise.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from adios_ssl import split as split_tool
+from adios_ssl.probe import accuracies, probe_features
+from gradmatch.reproduce import adios as experiment
+from gradmatch.reproduce.core import format_jobs, job_states, launch_local, write_manifest
+
+PACS = Path(os.environ.get("PACS_DIR") or Path(__file__).parents[1] / "../shared/data/PACS").resolve()
+
+
+def fake_domains(root: Path, sizes=None) -> Path:
+    """``root/<domain>/<class>/<i>.png``: 2 domains x 3 classes with the given group sizes."""
+    from PIL import Image
+
+    sizes = sizes or {("d0", "a"): 10, ("d0", "b"): 7, ("d0", "c"): 2,
+                      ("d1", "a"): 5, ("d1", "b"): 1, ("d1", "c"): 12}
+    rng = np.random.default_rng(0)
+    for (domain, cls), n in sizes.items():
+        folder = root / domain / cls
+        folder.mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray((rng.random((8, 8, 3)) * 255).astype(np.uint8)).save(folder / f"img{i:02d}.png")
+    return root
+
+
+# ----------------------------------------------------------------------------- split
+
+def _check_split(src: Path, out: Path, manifest: dict, fraction: float) -> None:
+    groups = Counter()
+    for domain in sorted(p.name for p in src.iterdir() if p.is_dir()):
+        for cls in sorted(p.name for p in (src / domain).iterdir() if p.is_dir()):
+            groups[(domain, cls)] = sum(1 for p in (src / domain / cls).iterdir()
+                                        if p.suffix.lower() in split_tool.IMAGE_SUFFIXES)
+    train, test = set(manifest["files"]["train"]), set(manifest["files"]["test"])
+    assert not train & test, "train and test overlap"
+    assert len(train) + len(test) == sum(groups.values()), "an image is missing from the split"
+    for (domain, cls), n in groups.items():
+        n_test = manifest["counts"]["test"].get(domain, {}).get(cls, 0)
+        n_train = manifest["counts"]["train"].get(domain, {}).get(cls, 0)
+        assert n_test + n_train == n
+        assert n_test == split_tool.num_test(n, fraction)  # stratified: per domain x class
+        if n >= 2:
+            assert n_train >= 1 and n_test >= 1
+    for split in split_tool.SPLITS:
+        on_disk = {f"{p.parent.name}/{p.name}" for p in (out / split).glob("*/*")}
+        assert on_disk == set(manifest["files"][split])
+        link = out / split / manifest["files"][split][0]
+        assert link.is_symlink() and link.resolve().is_file()
+        domain, name = link.name.split("__", 1)
+        assert link.resolve() == (src / domain / link.parent.name / name).resolve()
+
+
+def test_split_is_deterministic_stratified_and_disjoint(tmp_path):
+    src = fake_domains(tmp_path / "src")
+    first = split_tool.write_split(src, tmp_path / "a", test_fraction=0.2, seed=3)
+    _check_split(src, tmp_path / "a", first, 0.2)
+    again = split_tool.write_split(src, tmp_path / "b", test_fraction=0.2, seed=3)
+    assert again["files"] == first["files"]
+    # the same call on a finished split reuses it; other settings in the same folder are refused
+    assert split_tool.write_split(src, tmp_path / "a", test_fraction=0.2, seed=3) == first
+    with pytest.raises(split_tool.SplitError):
+        split_tool.write_split(src, tmp_path / "a", test_fraction=0.2, seed=4)
+    other = split_tool.plan_split(src, test_fraction=0.2, seed=4)
+    assert other["test"] != [tuple(x) for x in first["files"]["test"]]
+    # a group of 1 stays in train; the order within a group does not depend on listing order
+    assert first["counts"]["test"]["d1"].get("b", 0) == 0
+    names = [f"img{i:02d}.png" for i in range(10)]
+    assert split_tool.group_order(names, "d0", "a", 3) == split_tool.group_order(names[::-1], "d0", "a", 3)
+    small = split_tool.write_split(src, tmp_path / "c", test_fraction=0.5, seed=0, max_per_group=4)
+    assert max(n for d in small["counts"]["train"].values() for n in d.values()) <= 2
+    # the CLI, with the source given as an environment variable
+    os.environ["ADIOS_TEST_SRC"] = str(src)
+    try:
+        assert split_tool.main(["$ADIOS_TEST_SRC", str(tmp_path / "d"), "--seed", "3"]) == 0
+    finally:
+        del os.environ["ADIOS_TEST_SRC"]
+    assert json.loads((tmp_path / "d" / "split.json").read_text())["files"] == first["files"]
+    assert split_tool.main(["$ADIOS_UNSET_VARIABLE_X", str(tmp_path / "e")]) == 2
+
+
+@pytest.mark.skipif(not PACS.is_dir(), reason=f"PACS not found at {PACS} (set $PACS_DIR)")
+def test_split_of_pacs(tmp_path):
+    manifest = split_tool.write_split(PACS, tmp_path / "pacs", test_fraction=0.2, seed=0)
+    _check_split(PACS, tmp_path / "pacs", manifest, 0.2)
+    assert manifest["sizes"] == {"train": 7993, "test": 1998}
+    assert manifest["domain_names"] == ["art_painting", "cartoon", "photo", "sketch"]
+    assert len(manifest["classes"]) == 7
+    plan = split_tool.plan_split(PACS, 0.2, 0)
+    assert sorted(f"{c}/{d}__{n}" for d, c, n in plan["test"]) == sorted(manifest["files"]["test"])
+
+
+# ----------------------------------------------------------------------------- probes
+
+def _structured(n_train=600, n_test=300, classes=5, dim=16, seed=0, noise=1.0):
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(0, 3, (classes, dim))
+
+    def draw(n):
+        y = rng.integers(0, classes, n)
+        return centres[y] + noise * rng.normal(size=(n, dim)), y
+
+    (xtr, ytr), (xte, yte) = draw(n_train), draw(n_test)
+    domains = np.array(["a", "b", "c"])[rng.integers(0, 3, n_test)].tolist()
+    return xtr, ytr, xte, yte, domains
+
+
+def test_probes_match_a_direct_sklearn_computation():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.preprocessing import StandardScaler
+
+    xtr, ytr, xte, yte, domains = _structured(noise=2.5)
+    result = probe_features(xtr, ytr, xte, yte, domains)
+    scaler = StandardScaler().fit(xtr)
+    lin = LogisticRegression(C=1.0, max_iter=1000).fit(scaler.transform(xtr), ytr).predict(scaler.transform(xte))
+    norm = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)  # noqa: E731
+    sims = norm(xte) @ norm(xtr).T
+    nearest = np.argsort(-sims, axis=1, kind="stable")[:, :20]
+    votes = np.array([np.bincount(ytr[row], minlength=5) for row in nearest])
+    knn_by_hand = votes.argmax(1)
+    knn = KNeighborsClassifier(n_neighbors=20, metric="cosine", algorithm="brute").fit(xtr, ytr).predict(xte)
+    for name, pred in (("linear", lin), ("knn", knn)):
+        expected = 100 * np.mean(pred == yte)
+        assert result[name]["overall"] == pytest.approx(expected)
+        doms = np.array(domains)
+        for d in "abc":
+            assert result[name]["per_domain"][d] == pytest.approx(100 * np.mean(pred[doms == d] == yte[doms == d]))
+    # the k-NN vote by hand (cosine, 20 neighbours, majority) agrees except on exact ties
+    assert np.mean(knn_by_hand == knn) > 0.97
+    assert 40 < result["linear"]["overall"] < 100 and result["linear"]["converged"]
+
+
+def test_probes_on_known_structure():
+    xtr, ytr, xte, yte, domains = _structured(noise=0.05)  # separated clusters
+    result = probe_features(xtr, ytr, xte, yte, domains)
+    assert result["linear"]["overall"] == 100.0 and result["knn"]["overall"] == 100.0
+    rng = np.random.default_rng(1)  # features that carry nothing: chance (20 %)
+    noise = probe_features(rng.normal(size=(600, 16)), ytr, rng.normal(size=(300, 16)), yte, domains)
+    assert noise["linear"]["overall"] < 32 and noise["knn"]["overall"] < 32
+    acc = accuracies(np.array([0, 1, 1, 0]), np.array([0, 1, 0, 0]), ["x", "x", "y", "y"])
+    assert acc == {"overall": 75.0, "per_domain": {"x": 100.0, "y": 50.0}, "n": 4}
+
+
+# ----------------------------------------------------------------------------- paper scale
+
+def test_paper_scale_dry_run(tmp_path):
+    from adios_ssl import configs
+
+    jobs = experiment.EXPERIMENT.jobs("paper", tmp_path)
+    # 9 shipped ResNet-18 configs + 6 official ViT-Tiny runs, each pretraining + main_linear.py
+    assert len(jobs) == 30
+    assert sum(j.name.startswith("pretrain/") for j in jobs) == 15
+    assert sum("vittiny" in j.name for j in jobs) == 12
+    config_dir = Path(configs.__file__).parent
+    text = format_jobs(tmp_path, jobs)
+    assert "30 jobs" in text
+    for pre, lin in zip(jobs[::2], jobs[1::2]):
+        assert lin.after == (pre.name,) and lin.name == pre.name.replace("pretrain/", "linear/")
+        argv = list(pre.argv)
+        config = argv[argv.index("--config-name") + 1]
+        assert (config_dir / f"{config}.yaml").is_file()
+        assert any("$IMAGENET100_DIR" in a or "$STL10_DIR" in a for a in argv)
+        assert any(a.startswith("pretrained_feature_extractor=") and a.endswith("/final.ckpt")
+                   for a in lin.argv)
+        assert (tmp_path / pre.done).parent == (tmp_path / lin.done).parent
+    assert set(job_states(tmp_path, jobs).values()) == {"todo"}
+    vit = [j for j in jobs if j.name == "pretrain/stl10_byol_adios_vittiny"][0]
+    assert "optimizer.batch_size=64" in vit.argv and "backbone.name=vit_tiny" in vit.argv
+    # a data variable that is not set stops the job with a message naming it
+    with pytest.raises(KeyError, match="IMAGENET100_DIR"):
+        experiment.expand(["data.train_path=$IMAGENET100_DIR/train"], environ={})
+    assert experiment.expand(["x=${STL10_DIR}/a"], environ={"STL10_DIR": "/d"}) == ["x=/d/a"]
+    report = experiment.EXPERIMENT.report(tmp_path, "paper")
+    assert report.compare == {} and "0 of 15 runs" in report.markdown
+
+
+def test_gradmatch_does_not_import_adios_ssl_at_import_time():
+    import subprocess
+
+    code = ("import sys, gradmatch.reproduce as r; e = r.get_experiment('adios'); "
+            "e.jobs('cpu', __import__('pathlib').Path('x')); e.jobs('paper', __import__('pathlib').Path('x')); "
+            "print('adios_ssl' in sys.modules or 'solo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def _solo_or_skip():
+    from adios_ssl.sololearn.locate import SoloLearnNotFound, find_checkout
+
+    try:
+        find_checkout()
+        import hydra  # noqa: F401
+        import lightning  # noqa: F401
+    except (SoloLearnNotFound, ImportError) as err:
+        pytest.skip(f"needs a solo-learn checkout and the `solo` extra: {err}")
+
+
+TINY = experiment.CpuSettings(epochs=2, crop=32, batch=8, max_per_group=4,
+                              extra=("++limit_train_batches=1",))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not PACS.is_dir(), reason=f"PACS not found at {PACS} (set $PACS_DIR)")
+def test_tiny_cpu_scale_end_to_end(tmp_path):
+    """Every arm pretrains 2 x 1 batch of 8 at 32 px on 4 PACS images per domain x class, then
+    the probes and the report."""
+    _solo_or_skip()
+    out = tmp_path / "run"
+    jobs = experiment.cpu_jobs(out, TINY, data_dir=str(PACS))
+    write_manifest(out, experiment.EXPERIMENT, "cpu", jobs)
+    messages = []
+    states = launch_local(out, jobs, parallel=2, echo=messages.append)
+    failed = {n: json.loads((out / "jobs" / f"{n}.failed.json").read_text())["log_tail"]
+              for n, s in states.items() if s == "failed"}
+    assert set(states.values()) == {"done"}, (states, failed)
+
+    for arm in experiment.ARMS:
+        pre = json.loads((out / "arms" / arm.key / "pretrain.json").read_text())
+        assert pre["epochs"] == 2 and pre["cpu_s"] > 0
+        assert (out / "arms" / arm.key / "final.ckpt").resolve().is_file()
+        args = json.loads((Path(pre["ckpt"]).parent / "args.json").read_text())
+        assert args["augmentations"][0]["crop_size"] == 32 and args["optimizer"]["batch_size"] == 8
+        assert args["method"] == ("simclr" if arm.key == "simclr" else "simclr_adios")
+        assert args["method_kwargs"].get("mask_generator", "-") == {
+            "adios": "adversarial", "simclr": "-"}.get(arm.key, arm.key)
+        probe = json.loads((out / "probes" / f"{arm.key}.json").read_text())
+        assert probe["n_train"] == 84 and probe["n_test"] == 28 and probe["size"] == 32
+        assert set(probe["linear"]["per_domain"]) == {"art_painting", "cartoon", "photo", "sketch"}
+
+    report = experiment.EXPERIMENT.report(out, "cpu")
+    assert [r["run"] for r in report.data["rows"]] == [a.key for a in experiment.ARMS] + ["random_init"]
+    for arm in experiment.ARMS:
+        assert arm.label in report.markdown
+        for metric in (experiment.LINEAR_METRIC, experiment.KNN_METRIC):
+            assert 0 <= report.compare[("PACS", arm.label, metric)] <= 100
+    assert len(report.compare) == 10
+    assert "masks_adios_train.png" in report.figures and "masks_adios_test.png" in report.figures
+    assert {"masks_random_test.png", "masks_mae_test.png", "masks_beit_test.png"} <= set(report.figures)
+    for name in report.figures:
+        assert (out / name).stat().st_size > 5_000, name
+    assert report.figures[0] == "adios_probe_accuracy.png"
+    json.dumps(report.data)
+    assert "Honest note" in report.markdown and not report.data["missing"]
+    # rerunning skips everything that is done
+    assert set(launch_local(out, jobs, parallel=2, echo=messages.append).values()) == {"done"}
