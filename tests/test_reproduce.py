@@ -146,3 +146,46 @@ def test_wilds_cpu_experiment_end_to_end_scores_match_a_direct_computation(tmp_p
     text = write_report(tmp_path).read_text()
     assert f"| FISH | " in text and f"{100 * data['test']['acc_avg']:.1f} ±" in text
     assert "10 done" in text
+
+
+def test_submitit_launcher_runs_jobs_in_dependency_waves(tmp_path, monkeypatch):
+    """submitit's local executor (as on Slurm, one job per command): the second wave starts once
+    the first is done, a failure is recorded and blocks its dependents."""
+    from gradmatch.reproduce.core import launch_submitit
+
+    monkeypatch.setenv("GRADMATCH_SUBMITIT_EXECUTOR", "local")
+    monkeypatch.setenv("GRADMATCH_SUBMITIT_FOLDER", str(tmp_path / "logs"))
+    monkeypatch.setenv("GRADMATCH_SUBMITIT_GPUS", "0")
+    monkeypatch.setenv("GRADMATCH_SUBMITIT_CPUS", "1")
+    jobs = [Job("first", _py("open('first.done', 'w')"), done="first.done"),
+            Job("second", _py("import os; assert os.path.exists('first.done'); open('second.done', 'w')"),
+                done="second.done", after=("first",)),
+            Job("bad", _py("raise SystemExit(4)"), done="bad.done"),
+            Job("after_bad", _py("open('x.done', 'w')"), done="x.done", after=("bad",))]
+    states = launch_submitit(tmp_path, jobs, echo=lambda _: None)
+    assert states == {"first": "done", "second": "done", "bad": "failed", "after_bad": "blocked"}
+    assert json.loads((tmp_path / "jobs" / "bad.failed.json").read_text())["why"] == "exit status 4"
+
+
+def test_sigterm_stops_the_launcher_and_its_running_jobs(tmp_path):
+    """`kill` of `gradmatch reproduce` must not leave its jobs running unattended (a rerun would
+    then start a second process on the same run folder)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    child = "import os, time; open('child.pid', 'w').write(str(os.getpid())); time.sleep(120)"
+    script = ("import sys; from pathlib import Path; from gradmatch.reproduce.core import Job, launch_local; "
+              f"launch_local(Path(sys.argv[1]), [Job('sleep', (sys.executable, '-c', {child!r}), 'never')])")
+    launcher = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stderr=subprocess.DEVNULL)
+    pid_file = tmp_path / "child.pid"
+    deadline = time.time() + 60
+    while not pid_file.exists() and time.time() < deadline:
+        time.sleep(0.2)
+    child_pid = int(pid_file.read_text())
+    launcher.send_signal(signal.SIGTERM)
+    assert launcher.wait(timeout=60) != 0
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child_pid, 0)

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +189,7 @@ def launch_local(out: Path, jobs: Sequence[Job], parallel: int = 1, retry_failed
     pending = [j for j in jobs if job_states(out, jobs)[j.name] in ("todo", "resumable")]
     running: Dict[str, Tuple[Job, subprocess.Popen, object, float]] = {}
     total, finished = len(pending), 0
+    previous = _stop_on_sigterm()
     try:
         while pending or running:
             states = job_states(out, jobs)
@@ -221,7 +224,23 @@ def launch_local(out: Path, jobs: Sequence[Job], parallel: int = 1, retry_failed
             proc.wait()
             log.close()
         raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return job_states(out, jobs)
+
+
+def _stop_on_sigterm():
+    """Make SIGTERM (``kill``, a scheduler's stop) stop the launcher as Ctrl-C does, so its
+    running jobs are terminated with it instead of running on unattended. Returns the previous
+    handler (``None`` off the main thread, where handlers cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, stop)
 
 
 def _start(out: Path, job: Job):
