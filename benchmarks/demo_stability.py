@@ -28,7 +28,10 @@ def main(argv=None) -> None:
     parser.add_argument("--recipes", nargs="+", default=list(demo.RECIPES), choices=list(demo.RECIPES))
     parser.add_argument("--seeds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=450)
+    parser.add_argument("--erm-seeds", type=int, help="ERM on seeds 0..K-1 only (default: --seeds)")
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--collect-only", action="store_true",
+                        help="train nothing: tabulate the runs that have finished or failed")
     parser.add_argument("--out", default="runs/demo_stability", help="run folders (resumable)")
     parser.add_argument("--results", default=os.path.join(os.path.dirname(__file__), "results"))
     args = parser.parse_args(argv)
@@ -38,12 +41,16 @@ def main(argv=None) -> None:
     # arms in order: the first recipe, ERM, the other recipes (each over all seeds)
     arms = {name: [demo.run_config(out / name, "fish", seed, settings[name], False) for seed in range(args.seeds)]
             for name in args.recipes[:1]}
+    erm_seeds = args.seeds if args.erm_seeds is None else args.erm_seeds
     arms["erm"] = [demo.run_config(out / "erm", "erm", seed, settings[args.recipes[0]], False)
-                   for seed in range(args.seeds)]
+                   for seed in range(erm_seeds)]
     arms.update({name: [demo.run_config(out / name, "fish", seed, settings[name], False)
                         for seed in range(args.seeds)] for name in args.recipes[1:]})
     configs = [c for arm in arms.values() for c in arm]
-    demo.train_all(configs, jobs=args.jobs, progress=True)
+    if args.collect_only:
+        arms = {name: [c for c in cfgs if _ended(c)] for name, cfgs in arms.items()}
+    else:
+        demo.train_all(configs, jobs=args.jobs, progress=True)
 
     arm_settings = {**settings, "erm": settings[args.recipes[0]]}
     runs = {name: [demo.collect_run(c, arm_settings[name]) for c in cfgs] for name, cfgs in arms.items()}
@@ -58,6 +65,11 @@ def main(argv=None) -> None:
     env = bench_env.environment("cpu", jobs=args.jobs, seeds=args.seeds, fish_steps=args.steps)
     bench_env.save_results(args.results, "demo_stability", {"environment": env, "results": results},
                            _write_csv, _plot, None, summary=f"{len(configs)} runs")
+
+
+def _ended(cfg) -> bool:
+    run = Path(cfg.out_dir)
+    return (run / "summary.json").exists() or (run / "failed.json").exists()
 
 
 def _row(name: str, items: list, settings: dict) -> dict:
