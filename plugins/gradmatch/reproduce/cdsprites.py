@@ -1,7 +1,7 @@
 """The ``cdsprites`` experiment: Fish vs ERM on CdSprites-N over the paper's range of N.
 
-cpu scale: N in {5, 10, 15, 20, 30, 40, 50}, seeds 0-2, the demo's recipe (``gradmatch demo``,
-:data:`gradmatch.demo.RECIPES`) at equal budgets: Fish takes ``CPU_STEPS`` meta-steps of N
+cpu scale: N in {5, 10, 15, 20, 30, 40, 50}, seeds 0-2, a recipe of ``gradmatch demo``
+(``RECIPE``, a key of :data:`gradmatch.demo.RECIPES`) at equal budgets: Fish takes ``CPU_STEPS`` meta-steps of N
 domains x 32 examples, ERM ``N * CPU_STEPS`` steps of 32 pooled examples. Next to it, the
 official CdSprites recipe (``fish:src/config.py``: inner Adam reset every step, batch 64,
 eps = 0.15 / N) at N = 15, seed 0, for ``OFFICIAL_CPU_STEPS`` meta-steps, long enough to see
@@ -26,6 +26,7 @@ from .train_jobs import train_job
 NUM_DOMAINS = (5, 10, 15, 20, 30, 40, 50)   # the paper's range of N (issue 10)
 SEEDS = (0, 1, 2)
 CPU_STEPS = 240                 # Fish meta-steps per cpu run (ERM: N times as many)
+RECIPE = "sgd-small"            # a key of gradmatch.demo.RECIPES (Fish's inner optimizer and steps)
 OFFICIAL_N = 15
 OFFICIAL_CPU_STEPS = 1200       # meta-steps of the official recipe at cpu scale (1.15 M examples)
 OFFICIAL_CPU_SEEDS = (0,)
@@ -37,10 +38,11 @@ def _minutes(examples: int) -> float:
 
 
 def _sweep_jobs(out: Path) -> List[Job]:
+    """Seed by seed (every N of seed 0 first), so that a partly finished sweep covers every N."""
     jobs = []
-    for n in NUM_DOMAINS:
-        settings = demo.demo_settings(len(SEEDS), CPU_STEPS, n, 32)
-        for seed in SEEDS:
+    for seed in SEEDS:
+        for n in NUM_DOMAINS:
+            settings = demo.demo_settings(len(SEEDS), CPU_STEPS, n, 32, RECIPE)
             for algorithm in demo.ALGORITHMS:
                 cfg = demo.run_config(out / "sweep" / f"n{n}", algorithm, seed, settings, progress=False)
                 jobs.append(train_job(f"sweep/n{n}/{algorithm}_seed{seed}", cfg, out,
@@ -118,7 +120,7 @@ def report(out: Path, scale: str) -> Report:
                               "done": len(done), "failed": sum(r["status"] == "failed" for r in items),
                               "per_seed": [r.get("test") for r in items]}
         table[n] = row
-    recipe = demo.get_recipe(demo.DEFAULT_RECIPE)
+    recipe = demo.get_recipe(RECIPE)
     lines = ["| N | ERM test acc % | Fish test acc % | Fish - ERM (points) | ERM colour-swapped % | "
              "Fish colour-swapped % | runs finished (ERM / Fish) |", "|---|---|---|---|---|---|---|"]
     for n, row in table.items():
@@ -133,7 +135,7 @@ def report(out: Path, scale: str) -> Report:
           f"finished seeds (count in brackets). Colour carries no information at test time: a colour "
           f"reader scores about 50 % overall and near 0 % on colour-swapped images.", "", *lines, ""]
     if scale == "cpu":
-        md += [f"What ran: the demo's recipe {demo.DEFAULT_RECIPE!r} (Fish: inner {recipe.optimizer} at "
+        md += [f"What ran: the demo recipe {RECIPE!r} (Fish: inner {recipe.optimizer} at "
                f"{recipe.inner_lr:g}, eps {recipe.meta_lr:g}, {CPU_STEPS} meta-steps of N x 32 examples; "
                f"ERM: Adam (amsgrad) 1e-3, N x {CPU_STEPS} steps of 32), so both see "
                f"{CPU_STEPS * 32:,} x N examples; seeds {list(SEEDS)} (seed = data realisation and "
@@ -153,7 +155,7 @@ def report(out: Path, scale: str) -> Report:
         md += ["Failed runs (the others are summarised above):", ""]
         md += [f"- `{k}`: {v}" for k, v in failed.items()] + [""]
     figures = _plot(out, table, official)
-    data = {"scale": scale, "recipe": demo.DEFAULT_RECIPE, "cpu_steps": CPU_STEPS,
+    data = {"scale": scale, "recipe": RECIPE, "cpu_steps": CPU_STEPS,
             "table": {str(n): row for n, row in table.items()}, "runs": runs, "failed": failed}
     return Report(markdown="\n".join(md), data=data, figures=figures)
 
