@@ -24,7 +24,7 @@ def published_table(experiment: str, compare: dict) -> List[str]:
     lines = ["| dataset | method | metric | published | measured here | source | verified |",
              "|---|---|---|---|---|---|---|"]
     for p in rows:
-        value = f"{p.value:g}" + (f" ± {p.std:g}" if p.std is not None else "")
+        value = f"{p.value:.1f}" + (f" ± {p.std:.1f}" if p.std is not None else "")
         measured = compare.get(p.key)
         lines.append(f"| {p.dataset} | {p.method} | {p.metric} | {value} | "
                      f"{'-' if measured is None else f'{measured:.1f}'} | {p.source} | "
