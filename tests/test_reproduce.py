@@ -141,8 +141,8 @@ def test_wilds_cpu_experiment_end_to_end_scores_match_a_direct_computation(tmp_p
     accs = [np.mean(np.asarray(read_predictions(f)) == test.y_array.numpy())
             for f in files if "split:test_" in f.name]
     data = json.loads((tmp_path / "scores" / "fish" / "cdsprites_results.json").read_text())
-    assert data["test"]["acc_avg"] == pytest.approx(np.mean(accs), abs=1e-9)
-    assert data["test"]["acc_avg_std"] == pytest.approx(np.std(accs, ddof=1), abs=1e-9)
+    assert data["test"]["acc_avg"] == pytest.approx(np.mean(accs), abs=1e-6)  # WILDS scores in float32
+    assert data["test"]["acc_avg_std"] == pytest.approx(np.std(accs, ddof=1), abs=1e-6)
     text = write_report(tmp_path).read_text()
     assert f"| FISH | " in text and f"{100 * data['test']['acc_avg']:.1f} ±" in text
     assert "10 done" in text
