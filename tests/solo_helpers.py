@@ -48,3 +48,24 @@ def checkout_or_skip() -> Path:
         pytest.skip(f"solo-learn plugin tests need a solo-learn checkout and the `solo` extra: "
                     f"{err}", allow_module_level=True)
     return checkout
+
+
+def build_method(checkout: Path, images: Path, config: str, *overrides: str):
+    """``(model, cfg)``: a solo-learn method built as main_pretrain.py builds it from a shipped
+    config (same Hydra composition, ``parse_cfg``, ADIOS registered), training on ``images/train``."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    if str(checkout) not in sys.path:
+        sys.path.insert(0, str(checkout))
+    from solo.args.pretrain import parse_cfg
+    from solo.methods import METHODS
+
+    from adios_ssl.sololearn.register import register
+
+    register()
+    with initialize_config_module("adios_ssl.configs", version_base="1.2"):
+        cfg = compose(config, overrides=[f"data.train_path={images / 'train'}", *overrides])
+    OmegaConf.set_struct(cfg, False)
+    cfg = parse_cfg(cfg)
+    return METHODS[cfg.method](cfg), cfg

@@ -14,7 +14,6 @@ Models are built from the shipped CPU configs as solo-learn's ``main_pretrain.py
 """
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 from adios_ssl.masker import MaskingNetwork
 from adios_ssl.objective import adios_ssl_loss, fraction_neg_entropy, sparsity_penalty
 from adios_ssl.step import masker_update
-from solo_helpers import checkout_or_skip, write_images
+from solo_helpers import build_method, checkout_or_skip, write_images
 
 CHECKOUT = checkout_or_skip()
 CLASSES, SIZE, BATCH = 6, 64, 8
@@ -38,22 +37,7 @@ def images(tmp_path_factory) -> Path:
 
 def build(images: Path, config: str, *overrides: str):
     """(model, cfg) as main_pretrain.py builds them from a shipped config."""
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
-
-    if str(CHECKOUT) not in sys.path:
-        sys.path.insert(0, str(CHECKOUT))
-    from solo.args.pretrain import parse_cfg
-    from solo.methods import METHODS
-
-    from adios_ssl.sololearn.register import register
-
-    register()
-    with initialize_config_module("adios_ssl.configs", version_base="1.2"):
-        cfg = compose(config, overrides=[f"data.train_path={images / 'train'}", *overrides])
-    OmegaConf.set_struct(cfg, False)
-    cfg = parse_cfg(cfg)
-    return METHODS[cfg.method](cfg), cfg
+    return build_method(CHECKOUT, images, config, *overrides)
 
 
 def batch64(seed: int = 0):

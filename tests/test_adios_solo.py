@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from solo_helpers import checkout_or_skip, solo_command, write_images
+from solo_helpers import build_method, checkout_or_skip, solo_command, write_images
 
 CHECKOUT = checkout_or_skip()
 
@@ -199,21 +199,7 @@ def test_byol_tau_follows_batches_not_optimizer_steps(pretrained):
 
 def build(config: str, images: Path, *overrides: str):
     """A solo-learn model built as main_pretrain.py builds it (same config composition)."""
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
-
-    sys.path.insert(0, str(CHECKOUT))
-    from solo.args.pretrain import parse_cfg
-    from solo.methods import METHODS
-
-    from adios_ssl.sololearn.register import register
-
-    register()
-    with initialize_config_module("adios_ssl.configs", version_base="1.2"):
-        cfg = compose(config, overrides=[f"data.train_path={images / 'train'}", *overrides])
-    OmegaConf.set_struct(cfg, False)
-    cfg = parse_cfg(cfg)
-    return METHODS[cfg.method](cfg)
+    return build_method(CHECKOUT, images, config, *overrides)[0]
 
 
 @pytest.mark.parametrize("config,overrides", [
