@@ -10,18 +10,17 @@ from typing import Dict
 
 from .core import Experiment, Job, Report  # noqa: F401
 
-#: experiment name -> module defining ``EXPERIMENT``
-_MODULES = {"cdsprites": "cdsprites", "domainbed": "domainbed", "wilds": "wilds", "adios": "adios"}
+#: experiment name -> module (of this package) defining ``EXPERIMENT``
+EXPERIMENTS: Dict[str, str] = {"cdsprites": "cdsprites", "domainbed": "domainbed", "wilds": "wilds",
+                               "adios": "adios"}
 
 
 def get_experiment(name: str) -> Experiment:
-    if name not in _MODULES:
-        raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(_MODULES)}")
-    return importlib.import_module(f".{_MODULES[name]}", __name__).EXPERIMENT
+    if name not in EXPERIMENTS:
+        raise ValueError(f"unknown experiment {name!r}; choose one of {', '.join(EXPERIMENTS)}")
+    return importlib.import_module(f".{EXPERIMENTS[name]}", __name__).EXPERIMENT
 
 
 def experiment_names():
-    return list(_MODULES)
+    return list(EXPERIMENTS)
 
-
-EXPERIMENTS: Dict[str, str] = dict(_MODULES)

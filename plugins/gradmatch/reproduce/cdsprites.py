@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import demo
 from ..wilds.run_config import RunConfig
-from .core import Experiment, Job, Report
+from .core import Experiment, Job, Report, failed_path
 from .train_jobs import train_job
 
 NUM_DOMAINS = (5, 10, 15, 20, 30, 40, 50)   # the paper's range of N (issue 10)
@@ -99,8 +99,6 @@ def _fmt(cell) -> str:
 
 def report(out: Path, scale: str) -> Report:
     out = Path(out)
-    from .core import failed_path
-
     all_jobs = {j.name: j for j in jobs(scale, out)}
     runs: Dict[str, dict] = {}
     for name, job in all_jobs.items():
@@ -131,9 +129,9 @@ def report(out: Path, scale: str) -> Report:
                      f"{row['erm']['done']}/{len(SEEDS)} / {row['fish']['done']}/{len(SEEDS)} |")
     failed = {k: v["why"] for k, v in runs.items() if v["status"] == "failed"}
     official = {k: v for k, v in runs.items() if k.startswith("official/") and scale == "cpu"}
-    md = [f"Test accuracy (%) of the model selected on the colour-shuffled `val` split, mean ± std over "
-          f"finished seeds (count in brackets). Colour carries no information at test time: a colour "
-          f"reader scores about 50 % overall and near 0 % on colour-swapped images.", "", *lines, ""]
+    md = ["Test accuracy (%) of the model selected on the colour-shuffled `val` split, mean ± std over "
+          "finished seeds (count in brackets). Colour carries no information at test time: a colour "
+          "reader scores about 50 % overall and near 0 % on colour-swapped images.", "", *lines, ""]
     if scale == "cpu":
         md += [f"What ran: the demo recipe {RECIPE!r} (Fish: inner {recipe.optimizer} at "
                f"{recipe.inner_lr:g}, eps {recipe.meta_lr:g}, {CPU_STEPS} meta-steps of N x 32 examples; "

@@ -186,7 +186,8 @@ def launch_local(out: Path, jobs: Sequence[Job], parallel: int = 1, retry_failed
     if retry_failed:
         for job in jobs:
             failed_path(out, job).unlink(missing_ok=True)
-    pending = [j for j in jobs if job_states(out, jobs)[j.name] in ("todo", "resumable")]
+    initial = job_states(out, jobs)
+    pending = [j for j in jobs if initial[j.name] in ("todo", "resumable")]
     running: Dict[str, Tuple[Job, subprocess.Popen, object, float]] = {}
     total, finished = len(pending), 0
     previous = _stop_on_sigterm()

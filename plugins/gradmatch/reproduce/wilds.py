@@ -112,9 +112,7 @@ def report(out: Path, scale: str) -> Report:
                         md.append(f"| {dataset} | {split} | {metric} | {value:.4f} ± {metrics[metric + '_std']:.4f} |")
     if failed:
         md += ["", "Failed jobs:", ""] + [f"- `{k}`: {v}" for k, v in failed.items()]
-    compare = {}
-    return Report(markdown="\n".join(md), data={"scale": scale, "scores": scores, "failed": failed},
-                  compare=compare)
+    return Report(markdown="\n".join(md), data={"scale": scale, "scores": scores, "failed": failed})
 
 
 EXPERIMENT = Experiment(
