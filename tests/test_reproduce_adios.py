@@ -191,6 +191,70 @@ def test_paper_scale_dry_run(tmp_path):
     assert report.compare == {} and "0 of 15 runs" in report.markdown
 
 
+# ----------------------------------------------------------------------------- cpu scale: seeds
+
+def test_cpu_scale_runs_every_arm_at_two_seeds_keeping_seed_0_folders(tmp_path):
+    jobs = {j.name: j for j in experiment.EXPERIMENT.jobs("cpu", tmp_path)}
+    keys = [a.key for a in experiment.ARMS]
+    pretrain = sorted(n for n in jobs if n.startswith("pretrain/"))
+    assert pretrain == sorted([f"pretrain/{k}" for k in keys] + [f"pretrain/{k}_seed1" for k in keys])
+    assert len(jobs) == 2 + 2 * 2 * len(keys)   # split, floor probe; pretrain + probe per arm x seed
+    for key in keys:
+        seed0, seed1 = jobs[f"pretrain/{key}"], jobs[f"pretrain/{key}_seed1"]
+        assert "++seed=0" in seed0.argv and "++seed=1" in seed1.argv
+        assert seed0.cwd == f"arms/{key}" and seed1.cwd == f"arms/{key}_seed1"
+        # everything else is the same command
+        assert seed1.argv == tuple(a.replace("++seed=0", "++seed=1").replace(
+            f"name=pacs-{key}", f"name=pacs-{key}_seed1") for a in seed0.argv)
+        assert jobs[f"probe/{key}_seed1"].after == (f"pretrain/{key}_seed1",)
+
+
+def _fake_probe(out: Path, run: str, linear: float, knn: float) -> None:
+    per_domain = {"art_painting": linear, "sketch": linear}
+    record = {"linear": {"overall": linear, "per_domain": per_domain, "converged": True},
+              "knn": {"overall": knn, "per_domain": per_domain}, "n_test": 1998, "n_train": 7993,
+              "size": 32, "cpu_seconds": {"total": 6.0}}
+    (out / "probes").mkdir(parents=True, exist_ok=True)
+    (out / "probes" / f"{run}.json").write_text(json.dumps(record))
+
+
+def test_cpu_report_averages_seeds(tmp_path):
+    """The per-arm table and ``compare`` hold the mean (and sample std) over each arm's seeds,
+    computed here with numpy from the probe files."""
+    values = {}
+    rng = np.random.default_rng(0)
+    for arm in experiment.ARMS:
+        for run in (arm.key, f"{arm.key}_seed1"):
+            values[run] = rng.uniform(20, 60, size=2).round(2)
+            _fake_probe(tmp_path, run, *values[run])
+    _fake_probe(tmp_path, "random_init", 45.0, 44.0)
+    report = experiment.EXPERIMENT.report(tmp_path, "cpu")
+    by_arm = {a["arm"]: a for a in report.data["arms"]}
+    for arm in experiment.ARMS:
+        both = np.array([values[arm.key], values[f"{arm.key}_seed1"]])
+        for i, (key, metric) in enumerate((("linear", experiment.LINEAR_METRIC),
+                                           ("knn", experiment.KNN_METRIC))):
+            mean, std = both[:, i].mean(), both[:, i].std(ddof=1)
+            assert report.compare[("PACS", arm.label, metric)] == pytest.approx(mean)
+            assert by_arm[arm.label][key] == pytest.approx(mean)
+            assert by_arm[arm.label][f"{key}_std"] == pytest.approx(std)
+            assert by_arm[arm.label][f"{key}_by_seed"] == {0: both[0, i], 1: both[1, i]}
+        row = f"| {arm.label} | 2 | {mean_cell(both[:, 0])} | {mean_cell(both[:, 1])} |"
+        assert row in report.markdown
+    assert by_arm["random init (no pretraining)"]["n"] == 1
+    assert "2 pretraining seeds" in report.markdown and not report.data["missing"]
+    # a missing seed is reported, and the arm's mean is over the seed that finished
+    (tmp_path / "probes" / "adios_seed1.json").unlink()
+    report = experiment.EXPERIMENT.report(tmp_path, "cpu")
+    assert report.data["missing"] == ["adios_seed1"]
+    assert report.compare[("PACS", "SimCLR+ADIOS", experiment.LINEAR_METRIC)] == pytest.approx(
+        values["adios"][0])
+
+
+def mean_cell(v) -> str:
+    return f"{v.mean():.1f} ± {v.std(ddof=1):.1f} ({v[0]:.1f} / {v[1]:.1f})"
+
+
 def test_gradmatch_does_not_import_adios_ssl_at_import_time():
     import subprocess
 
@@ -214,7 +278,7 @@ def _solo_or_skip():
         pytest.skip(f"needs a solo-learn checkout and the `solo` extra: {err}")
 
 
-TINY = experiment.CpuSettings(epochs=2, crop=32, batch=8, max_per_group=4,
+TINY = experiment.CpuSettings(epochs=2, crop=32, batch=8, max_per_group=4, seeds=(0,),
                               extra=("++limit_train_batches=1",))
 
 

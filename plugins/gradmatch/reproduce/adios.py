@@ -81,7 +81,7 @@ class CpuSettings:
     epochs: int = 2
     crop: int = 32
     batch: int = 32
-    seeds: Tuple[int, ...] = (0,)
+    seeds: Tuple[int, ...] = (0, 1)           # pretraining seeds (the split and probes stay fixed)
     test_fraction: float = 0.2
     split_seed: int = 0
     max_per_group: Optional[int] = None      # images per domain x class (None: all)
@@ -106,8 +106,15 @@ def _arm(key: str) -> Arm:
     raise ValueError(f"unknown arm {key!r}: choose from {[a.key for a in ARMS]}")
 
 
-def _run_name(arm: str, seed: int, settings: CpuSettings) -> str:
-    return arm if len(settings.seeds) == 1 else f"{arm}_seed{seed}"
+def _run_name(arm: str, seed: int) -> str:
+    """The run folder of ``arm`` at pretraining ``seed``: the arm's key for seed 0 (the folder
+    names of the first, one-seed cpu scale, so that its finished runs are kept), else
+    ``<arm>_seed<seed>``."""
+    return arm if seed == 0 else f"{arm}_seed{seed}"
+
+
+def _seed_of(run: str) -> int:
+    return int(run.split("_seed")[1]) if "_seed" in run else 0
 
 
 def _solo(script: str, marker: str, args: Sequence[str], link: Optional[str] = None) -> Tuple[str, ...]:
@@ -139,7 +146,7 @@ def cpu_jobs(out: Path, settings: CpuSettings = CPU, data_dir: Optional[str] = N
     for key in settings.arms:
         arm = _arm(key)
         for seed in settings.seeds:
-            run = _run_name(key, seed, settings)
+            run = _run_name(key, seed)
             folder = f"arms/{run}"
             args = ("--config-path", CONFIGS, "--config-name", CPU_CONFIG,
                     f"data.train_path={out / 'data' / 'train'}", f"max_epochs={settings.epochs}",
@@ -330,11 +337,11 @@ def report(out: Path, scale: str) -> Report:
 
 def _expected_runs(out: Path) -> List[str]:
     """The probe runs of this folder: from its manifest (``reproduce.json``) when there is
-    one, else every arm with one seed and the floor."""
+    one, else every arm at the default seeds and the floor."""
     manifest = _read(out / "reproduce.json")
     if manifest and manifest.get("jobs"):
         return [j.split("/", 1)[1] for j in manifest["jobs"] if j.startswith("probe/")]
-    return [a.key for a in ARMS] + [FLOOR.key]
+    return [_run_name(a.key, seed) for a in ARMS for seed in CPU.seeds] + [FLOOR.key]
 
 
 def _arm_of(run: str) -> Optional[Arm]:
@@ -347,7 +354,8 @@ def _arm_of(run: str) -> Optional[Arm]:
 def _common_settings(argvs: List[List[str]]) -> Tuple[List[str], Dict[int, List[str]]]:
     """Hydra overrides shared by every run, and each run's own ones."""
     def overrides(argv):
-        return [a for a in argv if "=" in a and not a.startswith(("data.train_path=", "name="))]
+        own = ("data.train_path=", "name=", "++seed=")
+        return [a for a in argv if "=" in a and not a.startswith(own)]
 
     sets = [overrides(a) for a in argvs]
     common = [a for a in sets[0] if all(a in s for s in sets)] if sets else []
@@ -378,7 +386,7 @@ def cpu_report(out: Path) -> Report:
             continue
         if pre is not None:
             argvs.append(pre["argv"])
-        row = {"run": run, "arm": arm.label,
+        row = {"run": run, "arm": arm.label, "seed": _seed_of(run),
                "linear": probe["linear"]["overall"], "knn": probe["knn"]["overall"],
                "linear_per_domain": probe["linear"]["per_domain"],
                "knn_per_domain": probe["knn"]["per_domain"],
@@ -393,18 +401,28 @@ def cpu_report(out: Path) -> Report:
             compare.setdefault((DATASET, arm.label, LINEAR_METRIC), []).append(row["linear"])
             compare.setdefault((DATASET, arm.label, KNN_METRIC), []).append(row["knn"])
     compare = {k: sum(v) / len(v) for k, v in compare.items()}
+    arms = _arm_summary(rows)
+    seeds = sorted({r["seed"] for r in rows if r["arm"] != FLOOR.label})
+    n_seeds = max((a["n"] for a in arms if a["arm"] != FLOOR.label), default=0)
     common, _ = _common_settings(argvs)
     domains = sorted({d for r in rows for d in r["linear_per_domain"]})
     short = {d: d.split("_")[0] for d in domains}
 
     lines = ["Frozen-feature probes on held-out PACS images (test top-1 %, the 4 domains pooled; "
              "linear = logistic regression on standardised features, k-NN = 20 nearest "
-             "neighbours by cosine similarity; both fitted on the train images' features).", ""]
-    head = ["arm", "linear", "k-NN", "pretrain CPU-min", "pretrain wall-min"]
+             "neighbours by cosine similarity; both fitted on the train images' features). "
+             "Mean ± sample std over the pretraining seeds, each seed in brackets.", ""]
+    head = ["arm", "seeds", "linear", "k-NN"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a in arms:
+        cells = [_mean_cell(a, k) for k in ("linear", "knn")]
+        lines.append("| " + " | ".join([a["arm"], str(a["n"])] + cells) + " |")
+    lines += ["", "Each run:", ""]
+    head = ["arm", "seed", "linear", "k-NN", "pretrain CPU-min", "pretrain wall-min"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        name = r["arm"] + ("" if "_seed" not in r["run"] else f" ({r['run']})")
-        lines.append("| " + " | ".join([name, _fmt(r["linear"]), _fmt(r["knn"]),
+        lines.append("| " + " | ".join([r["arm"], "-" if r["arm"] == FLOOR.label else str(r["seed"]),
+                                        _fmt(r["linear"]), _fmt(r["knn"]),
                                         _fmt(r["pretrain_cpu_min"]), _fmt(r["pretrain_wall_min"])]) + " |")
     if domains:
         lines += ["", "Per test domain (linear / k-NN):", ""]
@@ -413,7 +431,8 @@ def cpu_report(out: Path) -> Report:
         for r in rows:
             cells = [f"{_fmt(r['linear_per_domain'].get(d))} / {_fmt(r['knn_per_domain'].get(d))}"
                      for d in domains]
-            lines.append("| " + " | ".join([r["arm"]] + cells) + " |")
+            name = r["arm"] + ("" if r["arm"] == FLOOR.label else f" (seed {r['seed']})")
+            lines.append("| " + " | ".join([name] + cells) + " |")
     lines.append("")
     if split:
         lines.append(f"Split: {split['sizes']['train']} train / {split['sizes']['test']} test images "
@@ -428,14 +447,16 @@ def cpu_report(out: Path) -> Report:
                      f"`--config-name {CPU_CONFIG}` and " + " ".join(f"`{a}`" for a in common)
                      + "; the arms differ only in " + ", ".join(
                          f"{a.label}: " + (" ".join(f"`{o}`" for o in a.overrides) or "the config's method")
-                         for a in ARMS) + ".")
+                         for a in ARMS)
+                     + f"; each arm is pretrained at `++seed=` {', '.join(map(str, seeds))}.")
     if rows:
         n_test = rows[0]["n_test"]
         se = 100 * math.sqrt(0.25 / n_test)
         lines += ["", "Honest note: a budget run, not the paper's setting. The paper pretrains for "
                   "200-500 epochs at 96-224 px on ImageNet-100 or STL-10 and probes with a "
                   "100-epoch linear layer; here every arm gets the same few epochs at small "
-                  f"crops ({rows[0]['size']} px) on {rows[0]['n_train']} PACS images, one seed. "
+                  f"crops ({rows[0]['size']} px) on {rows[0]['n_train']} PACS images, "
+                  f"{n_seeds} pretraining seed{'s' if n_seeds != 1 else ''}. "
                   f"With {n_test} test images one accuracy has a binomial standard error of up to "
                   f"{se:.1f} points, and seeds move it further: differences of a few points "
                   "between arms are not evidence for or against ADIOS. Compare each arm with the "
@@ -461,7 +482,7 @@ def cpu_report(out: Path) -> Report:
                                                       "2 per domain"))
     figures = []
     if rows:
-        plot = _bar_plot(out, rows)
+        plot = _bar_plot(out, arms)
         if plot:
             figures.append(plot)
     figures += [p for p, _ in pictures]
@@ -469,7 +490,7 @@ def cpu_report(out: Path) -> Report:
         lines += ["", "Mask pictures (bright = hidden; the last column colours each pixel by its "
                       "strongest mask, uniform for the one-mask baselines):"]
         lines += [f"- `{p}`: {why}" for p, why in pictures]
-    data = {"experiment": NAME, "scale": "cpu", "dataset": DATASET, "rows": rows,
+    data = {"experiment": NAME, "scale": "cpu", "dataset": DATASET, "arms": arms, "rows": rows,
             "split": None if split is None else {k: split.get(k) for k in (
                 "src", "test_fraction", "seed", "max_per_group", "sizes", "domain_names",
                 "classes", "counts")},
@@ -480,7 +501,33 @@ def cpu_report(out: Path) -> Report:
     return Report(markdown="\n".join(lines), data=data, figures=figures, compare=compare)
 
 
-def _bar_plot(out: Path, rows: List[dict]) -> Optional[str]:
+def _arm_summary(rows: List[dict]) -> List[dict]:
+    """One entry per arm, in the rows' order: the mean of its runs' probe accuracies (%) and
+    each seed's value."""
+    arms: Dict[str, dict] = {}
+    for r in rows:
+        a = arms.setdefault(r["arm"], {"arm": r["arm"], "linear_by_seed": {}, "knn_by_seed": {}})
+        a["linear_by_seed"][r["seed"]] = r["linear"]
+        a["knn_by_seed"][r["seed"]] = r["knn"]
+    for a in arms.values():
+        a["n"] = len(a["linear_by_seed"])
+        for k in ("linear", "knn"):
+            values = list(a[f"{k}_by_seed"].values())
+            a[k] = sum(values) / len(values)
+            a[f"{k}_std"] = (math.sqrt(sum((v - a[k]) ** 2 for v in values) / (len(values) - 1))
+                             if len(values) > 1 else None)
+    return list(arms.values())
+
+
+def _mean_cell(arm: dict, key: str) -> str:
+    """``mean ± std (seed values)`` of ``arm[key]``; the bare value for one seed."""
+    if arm[f"{key}_std"] is None:
+        return _fmt(arm[key])
+    values = " / ".join(_fmt(v) for v in arm[f"{key}_by_seed"].values())
+    return f"{_fmt(arm[key])} ± {_fmt(arm[f'{key}_std'])} ({values})"
+
+
+def _bar_plot(out: Path, arms: List[dict]) -> Optional[str]:
     try:
         import matplotlib
 
@@ -488,19 +535,23 @@ def _bar_plot(out: Path, rows: List[dict]) -> Optional[str]:
         import matplotlib.pyplot as plt
     except ImportError:  # pragma: no cover
         return None
-    labels = [r["arm"].replace("SimCLR+", "+").replace(" (no pretraining)", "") for r in rows]
-    x = list(range(len(rows)))
-    fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.6))
+    labels = [a["arm"].replace("SimCLR+", "+").replace(" (no pretraining)", "") for a in arms]
+    x = list(range(len(arms)))
+    fig, ax = plt.subplots(figsize=(1.2 * len(arms) + 2, 3.6))
     w = 0.38
-    ax.bar([i - w / 2 for i in x], [r["linear"] for r in rows], w, label="linear")
-    ax.bar([i + w / 2 for i in x], [r["knn"] for r in rows], w, label="k-NN (k=20)")
-    for i, r in enumerate(rows):
-        ax.text(i - w / 2, r["linear"] + 0.5, f"{r['linear']:.1f}", ha="center", fontsize=7)
-        ax.text(i + w / 2, r["knn"] + 0.5, f"{r['knn']:.1f}", ha="center", fontsize=7)
+    for shift, key, label in ((-w / 2, "linear", "linear"), (w / 2, "knn", "k-NN (k=20)")):
+        bars = ax.bar([i + shift for i in x], [a[key] for a in arms], w, label=f"{label}, mean")
+        for i, a in enumerate(arms):
+            seeds = list(a[f"{key}_by_seed"].values())
+            if len(seeds) > 1:   # each seed as a dot on its bar
+                ax.plot([i + shift] * len(seeds), seeds, "k.", markersize=4)
+            ax.text(i + shift, max(seeds) + 0.5, f"{a[key]:.1f}", ha="center", fontsize=7,
+                    color=bars.patches[0].get_facecolor())
     ax.set_xticks(x)
     ax.set_xticklabels(labels, fontsize=8, rotation=15)
     ax.set_ylabel("test top-1 % (PACS, 4 domains)")
-    ax.set_ylim(0, max(max(r["linear"], r["knn"]) for r in rows) * 1.15 + 1)
+    ax.set_ylim(0, max(max(max(a["linear_by_seed"].values()), max(a["knn_by_seed"].values()))
+                       for a in arms) * 1.15 + 1)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title("ADIOS vs SimCLR and fixed masks: frozen-feature probes", fontsize=9)
     fig.tight_layout()
@@ -539,10 +590,10 @@ EXPERIMENT = Experiment(
                 "test images, seed 0); SimCLR, SimCLR+ADIOS (N=4) and SimCLR with random / MAE / "
                 "BEiT fixed masks pretrained with solo-learn (cpu_simclr_adios: ResNet-18, LARS, "
                 "batch 32, 1 warm-up epoch + cosine) on the train images, reduced to 32 px crops "
-                "(paper 96-224 px) and 2 epochs (paper 200-500), 1 seed; frozen-feature linear "
-                "and k-NN probes on the test images, overall and per domain, plus a random-init "
-                "floor. About 30-35 CPU-minutes (2 jobs at a time on 2 cores: about 16-18 "
-                "minutes); ADIOS is 2-3 times a SimCLR step"),
+                "(paper 96-224 px) and 2 epochs (paper 200-500), pretraining seeds 0 and 1; "
+                "frozen-feature linear and k-NN probes on the test images, overall and per "
+                "domain, plus a random-init floor. About 40 CPU-minutes per seed (2 jobs at a "
+                "time on 2 cores: about 25 minutes per seed); ADIOS is 2-3 times a SimCLR step"),
         "paper": ("the paper's runs on GPUs: ImageNet100-S and STL-10 (ResNet-18: SimCLR, BYOL, "
                   "SimSiam + ADIOS; ViT-Tiny: the official vittiny scripts as overrides) and "
                   "ImageNet-100 ADIOS-s, each followed by main_linear.py (30 jobs; set "
