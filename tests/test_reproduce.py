@@ -11,7 +11,7 @@ from gradmatch import demo
 from gradmatch.cli import build_parser, main
 from gradmatch.reproduce import get_experiment
 from gradmatch.reproduce.collect_predictions import collect
-from gradmatch.reproduce.core import Job, job_states, launch_local, write_manifest
+from gradmatch.reproduce.core import Job, job_states, launch_local, read_failure, write_manifest
 from gradmatch.reproduce.published import PUBLISHED, TRAINING_DOMAIN_VALIDATION
 from gradmatch.reproduce.report import published_table, write_report
 from gradmatch.reproduce.train_jobs import train_argv
@@ -60,7 +60,9 @@ def test_local_launcher_resumes_records_failures_and_blocks_dependents(tmp_path)
     assert states == {"a": "done", "bad": "failed", "after_bad": "blocked", "after_a": "done", "silent": "failed"}
     failed = json.loads((out / "jobs" / "bad.failed.json").read_text())
     assert failed["why"] == "exit status 3" and "boom" in failed["log_tail"]
+    assert read_failure(out, jobs[1]) == "exit status 3: boom"   # the job's own last words
     assert "was not written" in json.loads((out / "jobs" / "silent.failed.json").read_text())["why"]
+    assert read_failure(out, jobs[4]).endswith("was not written")   # no output: the reason alone
     assert (out / "d.done").read_text() == "--resume"  # the checkpoint made it a resumed run
     # a rerun runs nothing that finished or failed ...
     launch_local(out, jobs, parallel=2, echo=lambda _: None)

@@ -212,7 +212,7 @@ def _reproduce(args) -> None:
     from pathlib import Path
 
     from .reproduce import get_experiment
-    from .reproduce.core import LAUNCHERS, failed_path, format_jobs, write_manifest
+    from .reproduce.core import LAUNCHERS, format_jobs, read_failure, write_manifest
     from .reproduce.report import write_report
 
     experiment = get_experiment(args.experiment)
@@ -230,9 +230,7 @@ def _reproduce(args) -> None:
     jobs_by_name = {j.name: j for j in jobs}
     failed = [name for name, state in states.items() if state == "failed"]
     for name in failed[:3]:  # why, in the job's own words (its log's last line)
-        record = json.loads(failed_path(out, jobs_by_name[name]).read_text())
-        last = next((line for line in reversed(record.get("log_tail", [])) if line.strip()), "")
-        print(f"FAILED {name}: {record['why']}: {last}", file=sys.stderr)
+        print(f"FAILED {name}: {read_failure(out, jobs_by_name[name])}", file=sys.stderr)
     bad = [name for name, state in states.items() if state != "done"]
     print(f"wrote {path}" + (f"; {len(bad)} job(s) not done: {', '.join(bad[:8])}"
                                + (" ..." if len(bad) > 8 else "")

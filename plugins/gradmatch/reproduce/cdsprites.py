@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import demo
 from ..wilds.run_config import RunConfig
-from .core import Experiment, Job, Report, failed_path
+from .core import Experiment, Job, Report, failed_path, read_failure
 from .train_jobs import train_job
 
 NUM_DOMAINS = (5, 10, 15, 20, 30, 40, 50)   # the paper's range of N (issue 10)
@@ -104,7 +104,7 @@ def report(out: Path, scale: str) -> Report:
     for name, job in all_jobs.items():
         run = _read_run(out / Path(job.done).parent)
         if run["status"] == "missing" and failed_path(out, job).exists():
-            run = {"status": "failed", "why": json.loads(failed_path(out, job).read_text())["why"]}
+            run = {"status": "failed", "why": read_failure(out, job)}
         runs[name] = run
     group = "sweep" if scale == "cpu" else "official"
     table = {}

@@ -97,12 +97,30 @@ class Experiment:
     report: Callable[[Path, str], Report]
 
 
+#: the line the launcher writes into a job's log before each start (time and command follow)
+LOG_HEADER = "=== "
+
+
 def job_dir(out: Path) -> Path:
     return out / "jobs"
 
 
 def failed_path(out: Path, job: Job) -> Path:
     return job_dir(out) / f"{job.name}.failed.json"
+
+
+def describe_failure(record: dict) -> str:
+    """One line for a ``.failed.json`` record: its reason and, when its log has one, the log's
+    last non-empty line (the job's own error message, e.g. ``gradmatch: error: non-finite loss
+    ...``)."""
+    last = next((line.strip() for line in reversed(record.get("log_tail") or [])
+                 if line.strip() and not line.startswith(LOG_HEADER)), "")
+    return f"{record['why']}: {last}" if last and last not in record["why"] else record["why"]
+
+
+def read_failure(out: Path, job: Job) -> str:
+    """:func:`describe_failure` of ``job``'s failure record."""
+    return describe_failure(json.loads(failed_path(out, job).read_text()))
 
 
 def log_path(out: Path, job: Job) -> Path:
@@ -251,7 +269,7 @@ def _start(out: Path, job: Job):
     cwd.mkdir(parents=True, exist_ok=True)
     argv = job.command(out)
     f = open(log, "a")
-    f.write(f"\n=== {time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n")
+    f.write(f"\n{LOG_HEADER}{time.strftime('%Y-%m-%d %H:%M:%S')} {' '.join(argv)}\n")
     f.flush()
     proc = subprocess.Popen(argv, cwd=cwd, env=_environment(job), stdout=f, stderr=subprocess.STDOUT,
                             start_new_session=False)

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .core import Experiment, Job, Report, python_module
+from .core import Experiment, Job, Report, describe_failure, python_module
 from .published import ORACLE_VALIDATION, TRAINING_DOMAIN_VALIDATION
 
 MODULE = "gradmatch.reproduce.domainbed"
@@ -439,7 +439,8 @@ def build_report(out: Path, plan: Plan, scale: str) -> Report:
                 if selection in COMPARED and avg is not None:
                     compare[(dataset, alg, selection)] = avg
         data["datasets"][dataset] = entry
-    data["failed_jobs"] = [{"job": f["job"], "why": f["why"], "log": f.get("log")} for f in _failed_jobs(out)]
+    data["failed_jobs"] = [{"job": f["job"], "why": describe_failure(f), "log": f.get("log")}
+                           for f in _failed_jobs(out)]
     text = collect_results_text(all_records) if all_records else "no finished runs\n"
     (out / COLLECT_TXT).write_text(text)
     figures = [FIGURE] if _plot(out / FIGURE, plan, data) else []

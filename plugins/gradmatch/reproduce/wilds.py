@@ -20,7 +20,7 @@ from typing import List
 from .. import demo
 from ..wilds.presets import PRESETS
 from ..wilds.run_config import RunConfig
-from .core import Experiment, Job, Report, failed_path, python_module
+from .core import Experiment, Job, Report, failed_path, python_module, read_failure
 from .train_jobs import evaluate_job, train_job
 
 CPU_DATASET_KWARGS = {"num_domains": 15, "data_seed": 0}   # one dataset; replicates are training seeds
@@ -86,8 +86,7 @@ def report(out: Path, scale: str) -> Report:
     for job in all_jobs:
         if job.name.startswith("evaluate/") and job.is_done(out):
             scores[job.name.split("/", 1)[1]] = json.loads((out / job.done).read_text())
-    failed = {j.name: json.loads(failed_path(out, j).read_text())["why"]
-              for j in all_jobs if failed_path(out, j).exists()}
+    failed = {j.name: read_failure(out, j) for j in all_jobs if failed_path(out, j).exists()}
     md = []
     if scale == "cpu":
         md += ["CdSprites-N (N = 15, data seed 0) scored by `gradmatch evaluate` from the collected "
