@@ -592,8 +592,8 @@ EXPERIMENT = Experiment(
                 "batch 32, 1 warm-up epoch + cosine) on the train images, reduced to 32 px crops "
                 "(paper 96-224 px) and 2 epochs (paper 200-500), pretraining seeds 0 and 1; "
                 "frozen-feature linear and k-NN probes on the test images, overall and per "
-                "domain, plus a random-init floor. About 40 CPU-minutes per seed (2 jobs at a "
-                "time on 2 cores: about 25 minutes per seed); ADIOS is 2-3 times a SimCLR step"),
+                "domain, plus a random-init floor. About 35-40 CPU-minutes per seed (2 jobs at a "
+                "time on 2 cores: about 22 minutes per seed); ADIOS is 2-3 times a SimCLR step"),
         "paper": ("the paper's runs on GPUs: ImageNet100-S and STL-10 (ResNet-18: SimCLR, BYOL, "
                   "SimSiam + ADIOS; ViT-Tiny: the official vittiny scripts as overrides) and "
                   "ImageNet-100 ADIOS-s, each followed by main_linear.py (30 jobs; set "
