@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .core import Experiment, Job, Report, python_module
+from .core import Experiment, Job, Report, python_module, threads_env
 
 NAME = "adios"
 CONFIGS = "pkg://adios_ssl.configs"
 CPU_CONFIG = "cpu_simclr_adios"
-THREADS = {"OMP_NUM_THREADS": "1"}
+THREADS = threads_env(1)
 DATA_ENV = "PACS_DIR"
 
 #: environment variables the commands read, and what they must hold

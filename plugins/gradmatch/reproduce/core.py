@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 MANIFEST = "reproduce.json"
 SCALES = ("cpu", "paper")
+STATES = ("done", "failed", "blocked", "resumable", "todo")   # what job_states reports, in this order
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def check_jobs(jobs: Sequence[Job]) -> None:
 
 
 def job_states(out: Path, jobs: Sequence[Job]) -> Dict[str, str]:
-    """``name -> "done" | "failed" | "blocked" | "resumable" | "todo"``."""
+    """``name -> state``, a state of :data:`STATES`."""
     states: Dict[str, str] = {}
     for job in jobs:
         if job.is_done(out):
@@ -154,6 +155,17 @@ def job_states(out: Path, jobs: Sequence[Job]) -> Dict[str, str]:
         else:
             states[job.name] = "todo"
     return states
+
+
+def state_summary(states: Mapping[str, str]) -> str:
+    """``"20 done, 1 failed, 22 todo"``: how many jobs are in each state (states with none left out)."""
+    counts = {s: list(states.values()).count(s) for s in STATES}
+    return ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+
+
+def threads_env(threads: int) -> Dict[str, str]:
+    """The environment that holds a job's math libraries to ``threads`` threads."""
+    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 def format_jobs(out: Path, jobs: Sequence[Job]) -> str:
@@ -170,11 +182,9 @@ def format_jobs(out: Path, jobs: Sequence[Job]) -> str:
         lines.append(f"    cd {shlex.quote(str(cwd))} && "
                      + " ".join(f"{k}={shlex.quote(v)}" for k, v in job.env.items())
                      + (" " if job.env else "") + shlex.join(job.command(out)))
-    counts = {s: list(states.values()).count(s) for s in ("done", "failed", "blocked", "resumable", "todo")}
     unknown = sum(1 for j in jobs if not j.minutes)
     lines.append(f"{len(jobs)} jobs, about {sum(j.minutes for j in jobs):g} CPU-minutes in all"
-                 + (f" ({unknown} of unknown duration)" if unknown else "") + "; "
-                 + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
+                 + (f" ({unknown} of unknown duration)" if unknown else "") + "; " + state_summary(states))
     return "\n".join(lines)
 
 
@@ -200,10 +210,7 @@ def launch_local(out: Path, jobs: Sequence[Job], parallel: int = 1, retry_failed
     """Run every unfinished job on this machine, ``parallel`` at a time, each after the jobs it
     needs. Returns the final :func:`job_states`. Ctrl-C stops the running jobs (their
     checkpoints stay; rerun to resume)."""
-    check_jobs(jobs)
-    if retry_failed:
-        for job in jobs:
-            failed_path(out, job).unlink(missing_ok=True)
+    _prepare(out, jobs, retry_failed)
     initial = job_states(out, jobs)
     pending = [j for j in jobs if initial[j.name] in ("todo", "resumable")]
     running: Dict[str, Tuple[Job, subprocess.Popen, object, float]] = {}
@@ -247,6 +254,15 @@ def launch_local(out: Path, jobs: Sequence[Job], parallel: int = 1, retry_failed
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return job_states(out, jobs)
+
+
+def _prepare(out: Path, jobs: Sequence[Job], retry_failed: bool) -> None:
+    """What every launcher does first: check the job list; with ``retry_failed``, forget the
+    failures (their jobs become todo or resumable)."""
+    check_jobs(jobs)
+    if retry_failed:
+        for job in jobs:
+            failed_path(out, job).unlink(missing_ok=True)
 
 
 def _stop_on_sigterm():
@@ -295,10 +311,7 @@ def launch_submitit(out: Path, jobs: Sequence[Job], retry_failed: bool = False,
     wave holds the jobs whose ``after`` jobs are done. Waits for every wave."""
     from ..domainbed.launchers import executor_from_env
 
-    check_jobs(jobs)
-    if retry_failed:
-        for job in jobs:
-            failed_path(out, job).unlink(missing_ok=True)
+    _prepare(out, jobs, retry_failed)
     executor = executor_from_env()
     while True:
         states = job_states(out, jobs)

@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from .core import Experiment, Job, Report, describe_failure, python_module
+from .core import Experiment, Job, Report, describe_failure, python_module, threads_env
 from .published import ORACLE_VALIDATION, TRAINING_DOMAIN_VALIDATION
 
 MODULE = "gradmatch.reproduce.domainbed"
@@ -114,7 +114,7 @@ class Plan:
     env: Mapping[str, str] = field(default_factory=dict)
 
 
-CPU_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "GRADMATCH_DOMAINBED_WORKERS": "0"}
+CPU_ENV = {**threads_env(1), "GRADMATCH_DOMAINBED_WORKERS": "0"}
 
 PAPER_PLAN = Plan(datasets={d: DatasetPlan() for d in DATASETS})
 CPU_PLAN = Plan(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import get_experiment
-from .core import job_states, read_manifest
+from .core import job_states, read_manifest, state_summary
 from .published import published_for
 
 
@@ -41,9 +41,8 @@ def write_report(out: Path, copy_to: Optional[Path] = None) -> Path:
     scale = manifest["scale"]
     jobs = experiment.jobs(scale, out)
     states = job_states(out, jobs)
-    counts = {s: list(states.values()).count(s) for s in ("done", "failed", "blocked", "resumable", "todo")}
     rep = experiment.report(out, scale)
-    status = ", ".join(f"{v} {k}" for k, v in counts.items() if v)
+    status = state_summary(states)
     md = [f"# {experiment.title}", "",
           f"Scale `{scale}`: {experiment.scales[scale]}.", "",
           f"Jobs: {len(jobs)} ({status}). Written by `gradmatch report` on "

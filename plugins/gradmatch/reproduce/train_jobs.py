@@ -13,14 +13,12 @@ from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
 from ..wilds.run_config import RunConfig
-from .core import Job, python_module
+from .core import Job, python_module, threads_env
 
 #: RunConfig fields written as switches (value -> flag), not as ``--field value``
 _SWITCHES = {"progress": {False: "--no-progress"}, "pretrained": {False: "--no-pretrained"},
              "download": {True: "--download"}, "sync_batchnorm": {True: "--sync-batchnorm"}}
 _RENAMED = {"out_dir": "--out"}
-def threads_env(threads: int) -> dict:
-    return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
 def train_argv(cfg: RunConfig, out: Optional[Path] = None) -> List[str]:
