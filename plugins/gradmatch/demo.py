@@ -241,15 +241,30 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def _test_curve(run_dir: Path, algorithm: str, settings: dict) -> List[List[float]]:
-    """``[[examples_seen, test acc_avg], ...]`` from the run's ``log.jsonl``."""
-    per_step = settings["batch_size"] * (settings["num_domains"] if algorithm == "fish" else 1)
+def test_curve(run_dir: Path) -> List[List[float]]:
+    """``[[step, test acc_avg], ...]`` from a run's ``log.jsonl``, by step (the last record of a
+    step wins: a resumed run may have evaluated it twice)."""
     curve = {}
     for line in (run_dir / "log.jsonl").read_text().splitlines():
         record = json.loads(line)
         if record["kind"] == "eval" and record["split"] == "test":
-            curve[record["step"] * per_step] = record["metrics"]["acc_avg"]
+            curve[record["step"]] = record["metrics"]["acc_avg"]
     return [[k, v] for k, v in sorted(curve.items())]
+
+
+def _test_curve(run_dir: Path, algorithm: str, settings: dict) -> List[List[float]]:
+    """``[[examples_seen, test acc_avg], ...]`` of a demo run."""
+    per_step = settings["batch_size"] * (settings["num_domains"] if algorithm == "fish" else 1)
+    return [[step * per_step, acc] for step, acc in test_curve(run_dir)]
+
+
+def accuracy_axes(ax, xlabel: str, title: str, chance_label: Optional[str] = "chance") -> None:
+    """A test-accuracy (%) panel of the CdSprites plots: 0-102 %, the 50 % chance line."""
+    ax.axhline(50, color="grey", ls="--", lw=1, label=chance_label)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 102)
+    ax.set_title(title)
 
 
 def plot_demo(runs: Dict[str, List[dict]], summary: dict, path: Path) -> None:
@@ -269,11 +284,7 @@ def plot_demo(runs: Dict[str, List[dict]], summary: dict, path: Path) -> None:
         mean, std = ys.mean(0), ys.std(0)
         ax.plot(xs, mean, marker="o", color=colours[algorithm], label=algorithm.upper())
         ax.fill_between(xs, mean - std, mean + std, color=colours[algorithm], alpha=0.2)
-    ax.axhline(50, color="grey", ls="--", lw=1, label="chance")
-    ax.set_xlabel("training examples seen")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 102)
-    ax.set_title("CdSprites-N test accuracy (colour uninformative)")
+    accuracy_axes(ax, "training examples seen", "CdSprites-N test accuracy (colour uninformative)")
     ax.legend()
     width = 0.35
     for i, algorithm in enumerate(ALGORITHMS):

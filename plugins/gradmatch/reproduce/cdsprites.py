@@ -33,7 +33,8 @@ OFFICIAL_CPU_SEEDS = (0,)
 MS_PER_EXAMPLE = 0.55           # measured: one 2-core-machine core, SpriteCNN 32 px, train + evals
 
 
-def _minutes(examples: int) -> float:
+def cpu_minutes(examples: int) -> float:
+    """Estimated CPU-minutes of a CdSprites run that trains on ``examples`` examples."""
     return round(examples * MS_PER_EXAMPLE / 1000 / 60, 1)
 
 
@@ -46,7 +47,7 @@ def _sweep_jobs(out: Path) -> List[Job]:
             for algorithm in demo.ALGORITHMS:
                 cfg = demo.run_config(out / "sweep" / f"n{n}", algorithm, seed, settings, progress=False)
                 jobs.append(train_job(f"sweep/n{n}/{algorithm}_seed{seed}", cfg, out,
-                                      _minutes(settings["examples_per_run"])))
+                                      cpu_minutes(settings["examples_per_run"])))
     return jobs
 
 
@@ -65,11 +66,11 @@ def jobs(scale: str, out: Path) -> List[Job]:
     if scale == "cpu":
         official = [train_job(f"official/n{OFFICIAL_N}/fish_seed{s}",
                               _official_config(out, "fish", OFFICIAL_N, s, OFFICIAL_CPU_STEPS), out,
-                              _minutes(OFFICIAL_CPU_STEPS * OFFICIAL_N * 64)) for s in OFFICIAL_CPU_SEEDS]
+                              cpu_minutes(OFFICIAL_CPU_STEPS * OFFICIAL_N * 64)) for s in OFFICIAL_CPU_SEEDS]
         return official + _sweep_jobs(out)
     # paper: 100 epochs of 1,000 images per domain at batch 64 (16 steps per epoch; ERM N x 16)
     return [train_job(f"official/n{n}/{algorithm}_seed{seed}", _official_config(out, algorithm, n, seed), out,
-                      _minutes(100 * 1000 * n))
+                      cpu_minutes(100 * 1000 * n))
             for n in NUM_DOMAINS for seed in SEEDS for algorithm in demo.ALGORITHMS]
 
 
@@ -78,11 +79,7 @@ def _read_run(run: Path) -> dict:
     if (run / "summary.json").exists():
         summary = json.loads((run / "summary.json").read_text())
         test = summary["metrics"]["test"]
-        curve = []
-        for line in (run / "log.jsonl").read_text().splitlines():
-            record = json.loads(line)
-            if record["kind"] == "eval" and record["split"] == "test":
-                curve.append([record["step"], 100 * record["metrics"]["acc_avg"]])
+        curve = [[step, 100 * acc] for step, acc in demo.test_curve(run)]
         return {"status": "done", "test": 100 * test["acc_avg"],
                 "aligned": 100 * test["acc_color_swap:aligned"], "swapped": 100 * test["acc_color_swap:swapped"],
                 "selected_step": summary.get("selected_step"), "curve": curve}
@@ -172,11 +169,7 @@ def _plot(out: Path, table: dict, official: dict) -> List[str]:
         means = [table[n][algorithm]["test"]["mean"] for n in ns]
         stds = [table[n][algorithm]["test"]["std"] for n in ns]
         ax.errorbar(ns, means, yerr=stds, marker="o", capsize=3, color=colour, label=algorithm.upper())
-    ax.axhline(50, color="grey", ls="--", lw=1, label="chance")
-    ax.set_xlabel("N (training domains)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 102)
-    ax.set_title("CdSprites-N: selected model, mean ± std over seeds")
+    demo.accuracy_axes(ax, "N (training domains)", "CdSprites-N: selected model, mean ± std over seeds")
     ax.legend()
     if official:
         ax = axes[0, 1]
@@ -190,11 +183,8 @@ def _plot(out: Path, table: dict, official: dict) -> List[str]:
                 steps, acc = zip(*run["curve"])
                 ax.plot(np.array(steps) * OFFICIAL_N * 32, acc, color="tab:orange", alpha=0.6,
                         label="demo recipe" if seed == 0 else None)
-        ax.axhline(50, color="grey", ls="--", lw=1)
-        ax.set_xlabel("training examples seen")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_ylim(0, 102)
-        ax.set_title(f"Fish at N = {OFFICIAL_N}: official vs demo recipe")
+        demo.accuracy_axes(ax, "training examples seen", f"Fish at N = {OFFICIAL_N}: official vs demo recipe",
+                           chance_label=None)
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out / "cdsprites.png", dpi=120)

@@ -20,6 +20,7 @@ from typing import List
 from .. import demo
 from ..wilds.presets import PRESETS
 from ..wilds.run_config import RunConfig
+from .cdsprites import cpu_minutes
 from .core import Experiment, Job, Report, failed_path, python_module, read_failure
 from .train_jobs import evaluate_job, train_job
 
@@ -44,7 +45,7 @@ def _cpu_jobs(out: Path) -> List[Job]:
             cfg = demo.run_config(out / "runs" / algorithm, algorithm, seed, settings, progress=False)
             cfg.dataset_kwargs = dict(CPU_DATASET_KWARGS)
             name = f"train/cdsprites/{algorithm}_seed{seed}"
-            jobs.append(train_job(name, cfg, out, round(settings["examples_per_run"] * 0.55e-3 / 60, 1)))
+            jobs.append(train_job(name, cfg, out, cpu_minutes(settings["examples_per_run"])))
             names.append(name)
             runs.append(os.path.relpath(cfg.out_dir, out))
         jobs.append(_collect_job(f"collect/{algorithm}", f"submission/{algorithm}", "cdsprites", runs, names))
