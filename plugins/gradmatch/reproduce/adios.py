@@ -117,6 +117,11 @@ def _seed_of(run: str) -> int:
     return int(run.split("_seed")[1]) if "_seed" in run else 0
 
 
+def _key_of(run: str) -> str:
+    """The arm key of a run folder (``adios_seed1`` -> ``adios``)."""
+    return run.split("_seed")[0]
+
+
 def _solo(script: str, marker: str, args: Sequence[str], link: Optional[str] = None) -> Tuple[str, ...]:
     extra = ("--link", link) if link else ()
     return python_module(f"gradmatch.reproduce.{NAME}", "solo", script, "--marker", marker, *extra,
@@ -345,21 +350,20 @@ def _expected_runs(out: Path) -> List[str]:
 
 
 def _arm_of(run: str) -> Optional[Arm]:
-    base = run.split("_seed")[0]
+    base = _key_of(run)
     if base == FLOOR.key:
         return FLOOR
     return next((a for a in ARMS if a.key == base), None)
 
 
-def _common_settings(argvs: List[List[str]]) -> Tuple[List[str], Dict[int, List[str]]]:
-    """Hydra overrides shared by every run, and each run's own ones."""
+def _common_settings(argvs: List[List[str]]) -> List[str]:
+    """Hydra overrides shared by every run (its data path, name and seed aside)."""
     def overrides(argv):
         own = ("data.train_path=", "name=", "++seed=")
         return [a for a in argv if "=" in a and not a.startswith(own)]
 
     sets = [overrides(a) for a in argvs]
-    common = [a for a in sets[0] if all(a in s for s in sets)] if sets else []
-    return common, {i: [a for a in s if a not in common] for i, s in enumerate(sets)}
+    return [a for a in sets[0] if all(a in s for s in sets)] if sets else []
 
 
 def cpu_report(out: Path) -> Report:
@@ -370,11 +374,11 @@ def cpu_report(out: Path) -> Report:
     order = [a.key for a in ARMS] + [FLOOR.key]
 
     def rank(run: str) -> Tuple[int, str]:
-        base = run.split("_seed")[0]
+        base = _key_of(run)
         return (order.index(base) if base in order else len(order), run)
 
     runs = sorted(set(expected) | found, key=rank)
-    rows, compare, missing, argvs = [], {}, [], []
+    rows, missing, argvs = [], [], []
     for run in runs:
         arm = _arm_of(run)
         probe = _read(out / "probes" / f"{run}.json")
@@ -397,14 +401,12 @@ def cpu_report(out: Path) -> Report:
                "epochs": None if pre is None else pre.get("epochs"),
                "probe_cpu_min": probe["cpu_seconds"]["total"] / 60}
         rows.append(row)
-        if arm is not FLOOR:
-            compare.setdefault((DATASET, arm.label, LINEAR_METRIC), []).append(row["linear"])
-            compare.setdefault((DATASET, arm.label, KNN_METRIC), []).append(row["knn"])
-    compare = {k: sum(v) / len(v) for k, v in compare.items()}
     arms = _arm_summary(rows)
+    compare = {(DATASET, a["arm"], metric): a[key] for a in arms if a["arm"] != FLOOR.label
+               for key, metric in (("linear", LINEAR_METRIC), ("knn", KNN_METRIC))}
     seeds = sorted({r["seed"] for r in rows if r["arm"] != FLOOR.label})
     n_seeds = max((a["n"] for a in arms if a["arm"] != FLOOR.label), default=0)
-    common, _ = _common_settings(argvs)
+    common = _common_settings(argvs)
     domains = sorted({d for r in rows for d in r["linear_per_domain"]})
     short = {d: d.split("_")[0] for d in domains}
 
