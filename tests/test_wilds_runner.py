@@ -237,7 +237,18 @@ def test_fish_run_writes_every_documented_file(fish_run):
         assert (out / name).is_file(), name
     config = json.loads((out / "config.json").read_text())
     assert config["dataset"] == "cdsprites" and config["algorithm"] == "fish"
-    assert config["dataset_kwargs"] == TINY and config["max_steps"] == 24
+    # resolved: CdSprites' data realisation (data_seed = --seed) and the preset's values are named
+    assert config["dataset_kwargs"] == {**TINY, "data_seed": 0} and config["max_steps"] == 24
+    assert config["given"]["dataset_kwargs"] == TINY and config["given"]["lr"] is None
+    preset = PRESETS["cdsprites"]
+    assert config["lr"] == preset.optimizer_kwargs["lr"] and config["optimizer"] == "adam"
+    assert config["meta_steps"] == TINY["num_domains"] and config["epochs"] == preset.epochs
+    assert config["inner_optimizer_state"] == preset.inner_optimizer_state
+    assert config["provenance"]["package"]["name"] == "gradmatch-adios"
+    assert config["provenance"]["libraries"]["torch"] == torch.__version__.split("+")[0] or \
+        config["provenance"]["libraries"]["torch"] == torch.__version__
+    assert summary["settings"] == {k: v for k, v in config.items()
+                                   if k not in ("out_dir", "given", "provenance", "resumes")}
     assert json.loads((out / "summary.json").read_text()) == summary
     assert summary["replicate"] == "seed:0" and set(summary["metrics"]) == set(EVAL_SPLITS)
 
@@ -254,7 +265,8 @@ def test_fish_run_writes_every_documented_file(fish_run):
         assert y_pred.dtype == torch.int64 and len(y_pred) == len(dataset.get_subset(split))
         assert set(y_pred.tolist()) <= {0, 1}
     assert sorted(p.name for p in (out / "predictions" / "cdsprites").iterdir()) == sorted(
-        f"cdsprites_split:{s}_seed:0_epoch:best_pred.csv" for s in EVAL_SPLITS)
+        [f"cdsprites_split:{s}_seed:0_epoch:best_pred.csv" for s in EVAL_SPLITS]
+        + ["cdsprites_seed:0_manifest.json"])
 
 
 def test_fish_run_log_has_train_eval_and_gip_records(fish_run):

@@ -97,8 +97,15 @@ def generate_cdsprites(num_domains: int = 15, per_domain: int = 1000, num_val: i
     (in-distribution check). ``val`` and ``test`` break the pairing: random palette domain,
     ``color_swap ~ Bernoulli(1/2)``.
     """
-    if num_domains < 1 or per_domain < 2 or image_size < 8:
-        raise ValueError("CdSprites-N needs num_domains >= 1, per_domain >= 2 and image_size >= 8")
+    minimum = {"num_domains": 1, "per_domain": 2, "num_val": 1, "num_test": 1, "num_id_val": 1,
+               "image_size": 8, "seed": 0}
+    given = {"num_domains": num_domains, "per_domain": per_domain, "num_val": num_val,
+             "num_test": num_test, "num_id_val": num_id_val, "image_size": image_size, "seed": seed}
+    for name, low in minimum.items():  # the one value that is wrong, named
+        value = given[name]
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+            key = "data_seed" if name == "seed" else name
+            raise ValueError(f"CdSprites-N: {key} must be an integer >= {low}, got {value!r}")
     rng = np.random.default_rng(seed)
     palette = make_palette(num_domains, rng)
     splits: Dict[str, object] = {"palette": palette}

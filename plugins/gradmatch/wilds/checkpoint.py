@@ -1,27 +1,157 @@
-"""Checkpoint files and the run log: atomic writes, CPU loading, RNG states, ``log.jsonl``."""
+"""Checkpoint files and the run log: atomic, fsync'd writes that keep the previous checkpoint,
+verified CPU loading with a fallback, RNG states, ``log.jsonl``."""
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..jsonio import finite_or_none
 
-def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file, then an atomic rename: a kill never leaves half a file."""
+
+def atomic_save(obj, path: Path, keep_previous: bool = False) -> None:
+    """``torch.save`` to a temporary file, ``fsync``, then an atomic rename: a kill or a power
+    cut never leaves half a file. A dict gets its :func:`content_digest` under ``"digest"``, which
+    :func:`load_checkpoint` checks. ``keep_previous``: the file being replaced is kept as
+    :func:`previous_path` (``checkpoint.prev.pt``), a fallback should the new one be damaged."""
+    path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
+    if isinstance(obj, dict):
+        obj = {**obj, DIGEST_KEY: content_digest(obj)}
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+    except (OSError, RuntimeError) as err:  # torch reports a failed write as a RuntimeError
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        if isinstance(err, OSError):
+            raise
+        raise OSError(errno.EIO, f"writing failed: {str(err).splitlines()[0][:120]}", str(path)) from None
+    if keep_previous and path.exists():
+        # A second name for the current file, then the rename: path never goes missing.
+        prev_tmp = previous_path(path).with_suffix(".pt.tmp")
+        prev_tmp.unlink(missing_ok=True)
+        try:
+            os.link(path, prev_tmp)
+        except OSError:  # a file system without hard links
+            shutil.copy2(path, prev_tmp)
+        os.replace(prev_tmp, previous_path(path))
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
-def load_checkpoint(path: Path) -> dict:
+DIGEST_KEY = "digest"
+
+
+def content_digest(obj) -> str:
+    """SHA-256 over every tensor's dtype, shape and bytes and every other value's ``repr``, in a
+    fixed order (dict keys sorted; the ``"digest"`` entry itself left out). torch's loader does
+    not check the bytes of the tensors it reads, so garbled weights would load without it."""
+    h = hashlib.sha256()
+
+    def walk(x):
+        if torch.is_tensor(x):
+            t = x.detach().cpu().contiguous().reshape(-1)
+            h.update(f"T{x.dtype}{tuple(x.shape)}".encode())
+            h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        elif isinstance(x, dict):
+            h.update(b"{")
+            for k in sorted((k for k in x if k != DIGEST_KEY), key=repr):
+                h.update(repr(k).encode())
+                walk(x[k])
+            h.update(b"}")
+        elif isinstance(x, (list, tuple)):
+            h.update(b"[")
+            for v in x:
+                walk(v)
+            h.update(b"]")
+        else:
+            h.update(repr(x).encode())
+    walk(obj)
+    return h.hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the renames in ``folder`` durable (a no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def previous_path(path: Path) -> Path:
+    """``checkpoint.pt`` -> ``checkpoint.prev.pt``: the checkpoint before the latest one."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+class CheckpointDamaged(ValueError):
+    """A checkpoint file that cannot be read back (truncated, empty, garbled or incomplete)."""
+
+
+def load_checkpoint(path: Path, required=()) -> dict:
     """A checkpoint, always onto the CPU (``weights_only``): the learner's ``load_state_dict``
     moves tensors to the run's device, and the RNG states must stay CPU byte tensors
-    (``torch.set_rng_state`` rejects others), whatever device the run that wrote it used."""
-    return torch.load(path, map_location="cpu", weights_only=True)
+    (``torch.set_rng_state`` rejects others), whatever device the run that wrote it used.
+
+    The file is verified: one that torch cannot read (truncated, empty, garbled), whose content
+    does not match the digest :func:`atomic_save` wrote with it, or that lacks a key of ``required`` raises
+    :class:`CheckpointDamaged` with one line naming the file."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as err:  # torch raises RuntimeError, EOFError, UnpicklingError, ...
+        text = str(err).strip()
+        reason = text.splitlines()[0].split(". ")[0] if text else type(err).__name__
+        raise CheckpointDamaged(f"{path} is damaged and cannot be read ({reason[:120]})") from None
+    missing = [k for k in required if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointDamaged(f"{path} is incomplete (no {', '.join(missing)})")
+    if isinstance(state, dict) and DIGEST_KEY in state and content_digest(state) != state[DIGEST_KEY]:
+        raise CheckpointDamaged(f"{path} is damaged: its content does not match the digest written with it")
+    return state
+
+
+def load_latest_checkpoint(path: Path, required=()):
+    """``(state, path_read, warning)``: ``path`` verified, else the previous checkpoint
+    (:func:`previous_path`) with a one-line ``warning`` saying why. Raises
+    :class:`CheckpointDamaged` (both damaged) or ``FileNotFoundError`` (neither exists)."""
+    path = Path(path)
+    previous = previous_path(path)
+    try:
+        return load_checkpoint(path, required), path, None
+    except (CheckpointDamaged, FileNotFoundError) as err:
+        if not previous.exists():
+            if isinstance(err, FileNotFoundError):
+                raise
+            raise CheckpointDamaged(f"{err}, and there is no previous checkpoint ({previous.name}) to "
+                                    "fall back to: start a new run in another --out") from None
+        problem = str(err) if isinstance(err, CheckpointDamaged) else f"{path} is missing"
+        try:
+            state = load_checkpoint(previous, required)
+        except CheckpointDamaged as err2:
+            raise CheckpointDamaged(f"{problem}; the previous one is damaged too ({err2}): start a "
+                                    "new run in another --out") from None
+        return state, previous, f"{problem}; resuming from the previous checkpoint {previous}"
 
 
 def rng_state() -> dict:
@@ -70,7 +200,7 @@ class RunLog:
 
     def write(self, record: dict) -> None:
         if self._file is not None:
-            self._file.write(json.dumps(record) + "\n")
+            self._file.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")
             self._file.flush()
         self.records += 1
 

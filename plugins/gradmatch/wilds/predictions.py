@@ -22,7 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..jsonio import write_json
 from .compat import apply_compat, get_wilds_dataset
+from .manifest import check_dataset, check_kwargs, read_manifest
 
 #: ``examples/evaluate.py:get_metrics`` for the WILDS benchmarks that have no preset here (the
 #: presets carry their own, ``Preset.official_metrics``; first = the leaderboard's).
@@ -148,6 +150,13 @@ def evaluate_predictions(preds_dir, dataset_name: str = None, root_dir="data", o
     :func:`required_replicates`), with ``metrics`` (default :func:`official_metrics`; required for
     other datasets). ``suffix`` picks ``..._<suffix>.csv`` when a folder holds several candidates.
 
+    Manifests (:mod:`gradmatch.wilds.manifest`, written by ``gradmatch train`` next to its
+    files): a replicate with one is scored on the data it names (its resolved dataset kwargs, so
+    CdSprites' realisation), checked by version, split sizes and label digests; explicit
+    ``dataset_kwargs`` that contradict it, or data that differ, raise one ``ValueError`` naming
+    both values. A replicate without one (the leaderboard format) is scored on the data
+    ``dataset_kwargs`` describe (CdSprites needs its ``data_seed`` then); row counts are checked.
+
     Missing files raise one ``FileNotFoundError`` listing them all, unless ``allow_partial``: then
     only replicates with a file for every split are used, and a warning names the missing files.
 
@@ -172,19 +181,40 @@ def evaluate_predictions(preds_dir, dataset_name: str = None, root_dir="data", o
     replicates = list(replicates or required_replicates(name))
 
     apply_compat()
-    preset = _preset(name)
-    if dataset is None and preset is not None and preset.source != "wilds":
-        from .presets import load_dataset
-
-        dataset = load_dataset(preset, root_dir, download=False, **(dataset_kwargs or {}))
-    elif dataset is None:
-        fold = {"fold": replicates[0].split(":")[1]} if by_fold else {}
-        dataset = get_wilds_dataset(name, root_dir, download=False, **fold, **(dataset_kwargs or {}))
-    splits = [split for split in dataset.split_dict if split != "train"]
-
     folder = Path(preds_dir) / name
     if not folder.is_dir():
         raise FileNotFoundError(f"no prediction folder {folder} (write_predictions creates it)")
+    given = dict(dataset_kwargs or {})
+    manifests = {r: read_manifest(preds_dir, name, r) for r in replicates}
+    for manifest in filter(None, manifests.values()):
+        check_kwargs(manifest, given)
+    loaded = {}
+
+    def dataset_for(replicate):
+        """The data ``replicate`` is scored on: its manifest's (checked against it), else the
+        explicit kwargs (a fold dataset: its fold)."""
+        manifest = manifests.get(replicate)
+        if dataset is not None:
+            data = dataset
+        else:
+            kwargs = dict(manifest["dataset_kwargs"]) if manifest else dict(given)
+            if by_fold and not manifest:
+                kwargs["fold"] = replicate.split(":")[1]
+            key = json.dumps(kwargs, sort_keys=True, default=str)
+            if key not in loaded:
+                loaded[key] = _load(name, root_dir, kwargs)
+            data = loaded[key]
+        if manifest:
+            check_dataset(manifest, data, name)
+        return data
+
+    preset = _preset(name)
+    if (dataset is None and preset is not None and "data_seed" in _defaults_of(preset)
+            and "data_seed" not in given and not all(manifests.values())):
+        raise ValueError(f"{name} predictions without a manifest: name their data realisation, "
+                         f"--dataset-kwargs '{{\"data_seed\": N, ...}}' (N = the training --seed unless "
+                         "the run set data_seed), with the kwargs the run was trained with")
+    splits = [split for split in dataset_for(replicates[0]).split_dict if split != "train"]
     files, missing = {}, []
     for replicate in replicates:
         for split in splits:
@@ -208,10 +238,9 @@ def evaluate_predictions(preds_dir, dataset_name: str = None, root_dir="data", o
 
     per_replicate = {split: {} for split in splits}
     for replicate in used:
-        if by_fold:
-            dataset = get_wilds_dataset(name, root_dir, download=False, fold=replicate.split(":")[1])
+        data = dataset_for(replicate)
         for split in splits:
-            per_replicate[split][replicate] = _score(dataset, split, files[split, replicate], metrics)
+            per_replicate[split][replicate] = _score(data, split, files[split, replicate], metrics)
 
     results = {}
     for split in splits:
@@ -222,9 +251,28 @@ def evaluate_predictions(preds_dir, dataset_name: str = None, root_dir="data", o
             results[split][metric] = float(np.mean(values))
     if output_dir is not None:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
-        with open(Path(output_dir) / f"{name}_results.json", "w") as f:
-            json.dump(results, f, indent=4)
+        write_json(Path(output_dir) / f"{name}_results.json", results, indent=4)
     return {"dataset": name, "replicates": used, "results": results, "per_replicate": per_replicate}
+
+
+def _defaults_of(preset) -> dict:
+    from .presets import SOURCE_DEFAULTS
+
+    return SOURCE_DEFAULTS.get(preset.source, lambda p, s: {})(preset, 0)
+
+
+def _load(name: str, root_dir, kwargs: dict):
+    """The dataset ``name`` with ``kwargs``, from disk (never downloaded)."""
+    preset = _preset(name)
+    if preset is not None and preset.source != "wilds":
+        from .presets import load_dataset
+
+        return load_dataset(preset, root_dir, download=False, **kwargs)
+    if preset is not None:
+        from .presets import resolve_dataset_kwargs
+
+        resolve_dataset_kwargs(preset, **kwargs)  # an unknown key: one line naming it
+    return get_wilds_dataset(name, root_dir, download=False, **kwargs)
 
 
 def _score(dataset, split, path, metrics) -> dict:

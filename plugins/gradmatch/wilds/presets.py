@@ -339,19 +339,90 @@ def _cdsprites_source(preset: Preset, root_dir: str, download: bool, seed: int, 
 SOURCES: Dict[str, Callable[..., Any]] = {"wilds": _wilds_source, "cdsprites": _cdsprites_source}
 
 
-def register_source(name: str, loader: Callable[..., Any]) -> None:
-    """Make ``loader`` the dataset loader of any preset whose ``source`` is ``name``."""
+def _wilds_accepts(preset: Preset) -> Optional[List[str]]:
+    """The keyword arguments ``wilds.get_dataset`` and the dataset's class take (besides
+    ``root_dir``/``download``); None when the class cannot be found (no check then)."""
+    import importlib
+    import inspect
+
+    from wilds.datasets.wilds_dataset import WILDSDataset
+
+    try:
+        module = importlib.import_module(f"wilds.datasets.{preset.dataset}_dataset")
+    except ImportError:
+        return None
+    classes = [c for c in vars(module).values() if isinstance(c, type)
+               and issubclass(c, WILDSDataset) and c is not WILDSDataset and c.__module__ == module.__name__]
+    if len(classes) != 1:
+        return None
+    params = inspect.signature(classes[0].__init__).parameters
+    return sorted({"version", "unlabeled"} | {n for n in params if n not in ("self", "root_dir", "download")})
+
+
+def _cdsprites_accepts(preset: Preset) -> List[str]:
+    import inspect
+
+    from .cdsprites import CdSpritesNDataset
+
+    params = inspect.signature(CdSpritesNDataset.__init__).parameters
+    return sorted({"data_seed"} | {n for n in params if n not in ("self", "root_dir", "download", "seed")})
+
+
+def _cdsprites_defaults(preset: Preset, seed: int) -> Dict[str, Any]:
+    """CdSprites' data realisation is the run's seed unless ``data_seed`` is given."""
+    return {"data_seed": seed}
+
+
+#: source -> ``accepts(preset) -> list of keyword names or None (unchecked)``: what
+#: ``--dataset-kwargs`` may set, checked before anything is loaded or written
+SOURCE_KWARGS: Dict[str, Callable[[Preset], Optional[List[str]]]] = {
+    "wilds": _wilds_accepts, "cdsprites": _cdsprites_accepts}
+#: source -> ``defaults(preset, seed) -> dict``: keyword arguments a run fills in itself (the
+#: recorded, resolved ``dataset_kwargs`` name them, so the data can be rebuilt exactly)
+SOURCE_DEFAULTS: Dict[str, Callable[[Preset, int], Dict[str, Any]]] = {"cdsprites": _cdsprites_defaults}
+
+
+def register_source(name: str, loader: Callable[..., Any],
+                    accepts: Optional[Callable[[Preset], Optional[List[str]]]] = None,
+                    defaults: Optional[Callable[[Preset, int], Dict[str, Any]]] = None) -> None:
+    """Make ``loader`` the dataset loader of any preset whose ``source`` is ``name``.
+    ``accepts``: the ``dataset_kwargs`` names it takes (checked before a run starts);
+    ``defaults``: the keyword arguments it fills in from the seed (recorded with the run)."""
     SOURCES[name] = loader
+    for table, entry in ((SOURCE_KWARGS, accepts), (SOURCE_DEFAULTS, defaults)):
+        if entry is not None:
+            table[name] = entry
+        else:
+            table.pop(name, None)
+
+
+def resolve_dataset_kwargs(preset: Union[str, Preset], seed: int = 0, replicate: Any = None,
+                           **dataset_kwargs: Any) -> Dict[str, Any]:
+    """Every keyword argument the preset's loader gets: the source's seed-derived defaults
+    (CdSprites' ``data_seed``), the preset's ``dataset_kwargs``, the given ones, and a fold
+    replicate's ``fold``. An unknown name raises one ``ValueError`` naming it and the known
+    ones, before anything is loaded."""
+    preset = get_preset(preset)
+    accepts = SOURCE_KWARGS.get(preset.source, lambda p: None)(preset)
+    if accepts is not None:
+        unknown = sorted(set(dataset_kwargs) - set(accepts))
+        if unknown:
+            raise ValueError(f"--dataset-kwargs: {preset.dataset} takes no {', '.join(map(repr, unknown))}; "
+                             f"it takes {', '.join(accepts)}")
+    defaults = SOURCE_DEFAULTS.get(preset.source, lambda p, s: {})(preset, seed)
+    kwargs = {**defaults, **preset.dataset_kwargs, **dataset_kwargs}
+    if preset.replicate == "fold" and replicate is not None:
+        kwargs["fold"] = replicate
+    return kwargs
 
 
 def load_dataset(preset: Union[str, Preset], root_dir: str = "data", download: bool = False,
                  seed: int = 0, replicate: Any = None, **dataset_kwargs: Any):
-    """The preset's full dataset: ``preset.dataset_kwargs`` updated by ``dataset_kwargs``; a
-    fold replicate (``replicate="fold"``) passes ``fold=replicate`` when given."""
+    """The preset's full dataset, built from :func:`resolve_dataset_kwargs`: the preset's
+    ``dataset_kwargs`` updated by ``dataset_kwargs``; a fold replicate (``replicate="fold"``)
+    passes ``fold=replicate`` when given."""
     preset = get_preset(preset)
-    kwargs = {**preset.dataset_kwargs, **dataset_kwargs}
-    if preset.replicate == "fold" and replicate is not None:
-        kwargs["fold"] = replicate
+    kwargs = resolve_dataset_kwargs(preset, seed, replicate, **dataset_kwargs)
     return SOURCES[preset.source](preset, root_dir, download, seed, **kwargs)
 
 

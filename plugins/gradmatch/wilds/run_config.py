@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -85,8 +86,20 @@ class RunConfig:
             raise ValueError(f"--momentum must be in [0, 1), got {self.momentum!r}")
         if not 0 < self.frac <= 1:
             raise ValueError(f"--frac must be in (0, 1], got {self.frac!r}")
-        if self.checkpoint_every < 1 or self.log_every < 1:
-            raise ValueError("--checkpoint-every and --log-every must be >= 1")
+        at_least = {"checkpoint_every": 1, "log_every": 1, "num_nodes": 1, "eval_every": 0,
+                    "gip_every": 0, "num_workers": 0, "erm_warmup_steps": 0, "seed": 0}
+        for name, low in at_least.items():  # one line naming the flag that is out of range
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and value >= low):
+                raise ValueError(f"--{name.replace('_', '-')} must be an integer >= {low}, got {value!r}")
+        if self.seed >= 2 ** 32:
+            raise ValueError(f"--seed must be < 2**32 (numpy's limit), got {self.seed}")
+        if not isinstance(self.dataset_kwargs, dict):
+            raise ValueError(f"--dataset-kwargs must be a JSON object such as '{{\"num_domains\": 10}}', "
+                             f"got {self.dataset_kwargs!r}")
+        if self.eval_splits is not None and "train" in self.eval_splits:
+            raise ValueError("--eval-splits: 'train' is not evaluated (every non-train split is); drop it")
+        check_out_dir(self.out_dir)
         D.check_precision(self.precision, self.accelerator)
         if self.sync_batchnorm and self.accelerator == "cpu":
             raise ValueError("--sync-batchnorm needs CUDA devices (torch has no SyncBatchNorm on "
@@ -101,40 +114,85 @@ class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped the run at a step boundary, after saving a checkpoint there."""
 
 
+class RunWriteError(OSError):
+    """A file of the run could not be written (disk full, permissions): says what was saved."""
+
+
 # The configuration keys a resumed run must share with the saved one.
 RESUME_KEYS = ("dataset", "algorithm", "seed", "fold", "frac", "dataset_kwargs")
+#: the files a run writes before its first checkpoint: a folder holding only these (and no
+#: checkpoint) is left by a run that stopped early, and the same command may reuse it
+EARLY_FILES = ("config.json", "config.json.tmp", "log.jsonl", "best_model.pt", "best_model.pt.tmp",
+               "checkpoint.pt.tmp")
+CHECKPOINTS = ("checkpoint.pt", "checkpoint.prev.pt")
 
 
-def check_run_folder(cfg: RunConfig, resume: bool) -> None:
-    """What may happen in ``cfg.out_dir``: a new run needs a new or empty folder, a resumed
-    one an unfinished run of the same dataset, algorithm, seed, fold, frac and dataset kwargs.
-    Nothing is ever overwritten."""
+def check_out_dir(out_dir: str) -> None:
+    """``--out`` must be a folder this user can create or write: not a file, not under a file."""
+    out = Path(out_dir).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder; choose a folder path")
+    parent = out
+    while not parent.exists():
+        parent = parent.parent
+    if parent != out and not parent.is_dir():
+        raise ValueError(f"--out {out}: {parent} is a file, so no folder can be made under it; "
+                         "choose another --out")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: {parent} is not writable by this user; choose another --out")
+
+
+def stopped_early(out: Path) -> bool:
+    """``out`` holds only what a run writes before its first checkpoint (``config.json`` among
+    it): that run stopped early (bad setting, crash) and left nothing to resume."""
+    if not out.is_dir() or any((out / c).exists() for c in CHECKPOINTS):
+        return False
+    names = {p.name for p in out.iterdir()}
+    return "config.json" in names and names <= set(EARLY_FILES)
+
+
+def check_run_folder(cfg: RunConfig, resume: bool) -> str:
+    """What may happen in ``cfg.out_dir``; returns ``"new"``, ``"reuse"`` (a folder left by a
+    run that stopped before its first checkpoint: started again from step 0) or ``"resume"``.
+
+    A new run needs a new or empty folder (or one that :func:`stopped_early`); a resumed one a
+    run of the same dataset, algorithm, seed, fold, frac and dataset kwargs with a checkpoint
+    (a finished one too: ``--resume`` with more ``--max-steps``/``--epochs`` extends it). Nothing
+    is ever overwritten without saying so."""
     out = Path(cfg.out_dir)
-    ckpt, summary = out / "checkpoint.pt", out / "summary.json"
+    summary = out / "summary.json"
+    has_checkpoint = any((out / c).exists() for c in CHECKPOINTS)
     if resume:
-        if summary.exists():
-            raise RunExistsError(f"{out} holds a finished run (summary.json); nothing to resume")
-        if not ckpt.exists():
-            raise FileNotFoundError(f"--resume: no checkpoint.pt in {out}; start a new run "
-                                    "without --resume")
-        _check_same_run(cfg, out)
-        return
+        if has_checkpoint:
+            _check_same_run(cfg, out)
+            return "resume"
+        if stopped_early(out):
+            return "reuse"
+        raise FileNotFoundError(f"--resume: no checkpoint.pt in {out}; start a new run without --resume")
     if summary.exists():
-        raise RunExistsError(f"{out} holds a finished run (summary.json; --resume has nothing "
-                             "to continue); choose another --out (nothing is overwritten)")
-    if ckpt.exists():
+        raise RunExistsError(f"{out} holds a finished run (summary.json); choose another --out, or "
+                             "train it longer with --resume and a larger --max-steps or --epochs")
+    if has_checkpoint:
         raise RunExistsError(f"{out} already holds a run (checkpoint.pt); pass --resume to "
                              "continue it, or choose another --out")
+    if stopped_early(out):
+        return "reuse"
     if out.exists() and any(out.iterdir()):
         raise RunExistsError(f"{out} is not empty; choose another --out (nothing is overwritten)")
+    return "new"
 
 
 def _check_same_run(cfg: RunConfig, out: Path) -> None:
-    """Refuse to resume with another dataset, algorithm, seed, fold, frac or dataset kwargs."""
-    with open(out / "config.json") as f:
-        saved = json.load(f)
+    """Refuse to resume with another dataset, algorithm, seed, fold, frac or dataset kwargs
+    (compared as typed: ``"given"`` in config.json; older runs saved only that)."""
+    try:
+        saved = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"--resume: cannot read {out}/config.json ({err}); start a new run in "
+                         "another --out") from None
+    given = saved.get("given", saved)
     current = dataclasses.asdict(cfg)
     for key in RESUME_KEYS:
-        if saved.get(key) != current[key]:
+        if given.get(key) != current[key]:
             raise ValueError(f"--resume: {key}={current[key]!r} differs from the saved run's "
-                             f"{saved.get(key)!r} ({out}/config.json)")
+                             f"{given.get(key)!r} ({out}/config.json)")

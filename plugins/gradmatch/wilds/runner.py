@@ -31,9 +31,12 @@ epochs when it ends.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import os
 import random
+import sys
 import time
 from pathlib import Path
 from typing import List, Optional
@@ -42,16 +45,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from upstream_checkouts.provenance import provenance
+
 from .. import distributed as D
 from ..erm import ERM
 from ..fish import Fish
+from ..jsonio import dumps, write_json
 from . import presets as P
-from .checkpoint import RunLog, atomic_save, load_checkpoint, rng_state, set_rng_state
+from .checkpoint import RunLog, atomic_save, load_checkpoint, load_latest_checkpoint, rng_state, set_rng_state
 from .compat import apply_compat
 from .console import DeferredInterrupt, progress_bar
 from .evaluation import Evaluator, Selection
+from .manifest import build_manifest, write_manifest
 from .predictions import replicate_name, write_predictions
-from .run_config import RunConfig, RunInterrupted, check_run_folder
+from .run_config import (EARLY_FILES, RunConfig, RunExistsError, RunInterrupted, RunWriteError,
+                         check_run_folder)
 from .samplers import DomainBatchPlanner, PooledBatchPlanner
 
 
@@ -75,10 +83,11 @@ class Run:
         cfg.validate()
         self.cfg, self.resume = cfg, resume
         self.out = Path(cfg.out_dir)
+        self.preset = self._preset()
+        self.dataset_kwargs = P.resolve_dataset_kwargs(self.preset, cfg.seed, cfg.fold, **cfg.dataset_kwargs)
         self.fabric = D.build_fabric(cfg.accelerator, cfg.devices, cfg.strategy, cfg.precision,
                                      cfg.num_nodes)
         self.world_size = self.fabric.world_size
-        self.preset = self._preset()
         batch_size = self.setting("batch_size")
         if batch_size % self.world_size:
             raise ValueError(f"--batch-size {batch_size} cannot be split evenly over "
@@ -88,15 +97,22 @@ class Run:
         self.backend = D.FabricBackend(self.fabric, cfg.precision)
         self.rank = self.fabric.global_rank
         self.is_global_zero = self.rank == 0
-        self._on_every_process(lambda: check_run_folder(cfg, resume))
+        self.folder_state = None
+        self._on_every_process(self._check_folder)
+        if self.world_size > 1:
+            self.folder_state = self.fabric.broadcast(self.folder_state, src=0)
         apply_compat()
         self.device = self.fabric.device
         self._seed_everything(cfg.seed)  # the same on every process: identical initial weights
         self.dataset = P.load_dataset(self.preset, cfg.root_dir, cfg.download, cfg.seed,
                                       replicate=cfg.fold, **cfg.dataset_kwargs)
         self._build()
+        self._check_selection_metric()
         if self.rank > 0:  # different random transforms on each process from here on
             self._seed_everything(cfg.seed + 7919 * self.rank)
+
+    def _check_folder(self) -> None:
+        self.folder_state = check_run_folder(self.cfg, self.resume)
 
     def _on_every_process(self, check) -> None:
         """Run ``check`` on process 0 only (the others could see files it has begun to write)
@@ -192,6 +208,41 @@ class Run:
             raise ValueError("--momentum applies to --optimizer sgd only")
         return overrides
 
+    def _check_selection_metric(self) -> None:
+        """Refuse an unknown ``--selection-metric`` now, not at the first evaluation: score the
+        selection split's labels against themselves (no model, no inputs) and look for it."""
+        subset = self.dataset.get_subset(self.selection_split)
+        idx = torch.as_tensor(subset.indices)
+        y = self.dataset.y_array[idx]
+        names = sorted(self.dataset.eval(y, y, self.dataset.metadata_array[idx])[0])
+        if self.selection_metric not in names:
+            raise ValueError(f"--selection-metric {self.selection_metric!r}: {self.cfg.dataset}'s eval "
+                             f"gives {', '.join(names)}; pick one of them")
+
+    def resolved_config(self) -> dict:
+        """Every setting's value after presets (what the run actually uses), JSON-ready."""
+        cfg, fish = self.cfg, self.cfg.algorithm == "fish"
+        optimizer = self._optimizer_preset()
+        kwargs = {**optimizer.optimizer_kwargs, **self._optimizer_overrides()}
+        settings = dataclasses.asdict(cfg)
+        settings.update({
+            "batch_size": self.setting("batch_size"), "lr": kwargs["lr"],
+            "optimizer": optimizer.inner_optimizer, "optimizer_kwargs": kwargs,
+            "momentum": kwargs.get("momentum"),
+            "meta_lr": self.setting("meta_lr") if fish else None,
+            "meta_steps": self.per_domain.meta_steps if fish else None,
+            "inner_optimizer_state": self.inner_optimizer_state if fish else None,
+            "erm_warmup_steps": self.setting("erm_warmup_steps") if fish else None,
+            "step_size": cfg.step_size if fish else None,
+            "warmup_handoff": cfg.warmup_handoff if fish else None,
+            "epochs": self.epochs, "eval_every": self.eval_every, "eval_splits": self.eval_splits,
+            "selection_metric": self.selection_metric, "selection_split": self.selection_split,
+            "pretrained": self.preset.pretrained if cfg.pretrained is None else cfg.pretrained,
+            "dataset_kwargs": self.dataset_kwargs, "keep_last_checkpoint": self.preset.keep_last_checkpoint,
+            "loss": self.preset.loss, "model": self.preset.model, "dataset_version": self.dataset.version,
+            "devices": self.world_size})
+        return settings
+
     def _model(self, num_outputs: int):
         return P.build_model(self.preset, num_outputs, pretrained=self.cfg.pretrained,
                              allow_download=self.cfg.download, dataset=self.dataset)
@@ -211,15 +262,13 @@ class Run:
 
     # ---- main loop
     def train(self) -> dict:
-        if self.is_global_zero:
-            self.out.mkdir(parents=True, exist_ok=True)
-        position = self._restore() if self.resume else self._start()
+        self._saved_step, self._before_final = None, None
+        position = self._restore() if self.folder_state == "resume" else self._start()
         epoch, pos, step = position["epoch"], position["pos"], position["step"]
         self.selection = Selection(self.selection_metric, self.selection_split,
                                    self.preset.keep_last_checkpoint, self.out / "best_model.pt",
                                    writer=self.is_global_zero, best=position["best"])
         self._last_eval_step = position.get("last_eval_step")
-        self._saved_step = position["step"] if self.resume else None
         total = self._total_steps()
         bar = progress_bar(total, step, self.cfg.progress and self.is_global_zero,
                            f"{self.cfg.algorithm} {self.cfg.dataset}")
@@ -246,7 +295,7 @@ class Run:
                         stats = self.learner.step(batches, track_gip=track)
                         step, pos = step + 1, pos + 1
                         if step % self.cfg.log_every == 0 or "gip" in stats:
-                            self.log.write({"kind": "train", "step": step, "epoch": epoch,
+                            self._write_log({"kind": "train", "step": step, "epoch": epoch,
                                             "sec_per_step": time.perf_counter() - t0, **stats,
                                             "phase": _phase_name(stats)})
                         bar.update(1)
@@ -263,7 +312,7 @@ class Run:
                             self._hand_off_warmup(step)
                         self._save(epoch, pos, step)
                         self._stop_if_interrupted(interrupt, epoch, pos, step)
-                self._evaluate(step, epoch)
+                self._final_evaluation(step, epoch)
                 self._save(epoch, pos, step)
                 self._stop_if_interrupted(interrupt, epoch, pos, step)
         except RunInterrupted:
@@ -328,19 +377,92 @@ class Run:
         self._last_eval_step = step
         for split in self.eval_splits:
             metrics, _ = self.evaluator.metrics(split)
-            self.log.write({"kind": "eval", "step": step, "epoch": epoch, "split": split,
-                            "metrics": metrics})
+            self._write_log({"kind": "eval", "step": step, "epoch": epoch, "split": split,
+                             "metrics": metrics})
             if split == self.selection_split:
-                self.selection.offer(step, metrics, self.model)
+                with self._writing():
+                    self.selection.offer(step, metrics, self.model)
+
+    def _final_evaluation(self, step: int, epoch: int) -> None:
+        """The evaluation a run makes when it ends between two scheduled ones. One longer run
+        would not make it, so what it changes (the log, the selection, ``best_model.pt``, the
+        RNG states) is kept as it was before (``before_final`` in the checkpoint,
+        ``best_model.before_final.pt``): ``--resume`` with more steps rolls it back and goes on
+        exactly as one longer run."""
+        if step == self._last_eval_step:
+            return
+        best_path, kept = self.out / "best_model.pt", self.out / "best_model.before_final.pt"
+        self._before_final = {"best": self.selection.best, "log_records": self.log.records,
+                              "last_eval_step": self._last_eval_step,
+                              "rng": self.backend.all_gather_object(rng_state())}
+        if self.is_global_zero:
+            kept.unlink(missing_ok=True)
+            if best_path.exists():
+                with self._writing():
+                    os.link(best_path, kept)  # the same file: free; kept if the evaluation replaces it
+        self._evaluate(step, epoch)
+        if self.is_global_zero and self.selection.best is self._before_final["best"]:
+            kept.unlink(missing_ok=True)  # best_model.pt was not replaced
+
+    def _write_log(self, record: dict) -> None:
+        with self._writing():
+            self.log.write(record)
+
+    @contextlib.contextmanager
+    def _writing(self):
+        """Turn a failed write (disk full, permissions) into one line saying what was saved."""
+        try:
+            yield
+        except OSError as err:
+            if isinstance(err, RunWriteError):
+                raise
+            what = err.filename or "a file"
+            why = err.strerror or str(err)
+            if self._saved_step is None:
+                kept = "no checkpoint was saved yet: fix the cause, then rerun the same command"
+            else:
+                kept = (f"the checkpoint of step {self._saved_step} ({self.out / 'checkpoint.pt'}) is "
+                        "kept: fix the cause (free space, permissions), then rerun the same command "
+                        "with --resume")
+            raise RunWriteError(f"could not write {what} ({why}); {kept}") from None
 
     # ---- persistence
     def _start(self) -> dict:
+        """A new run (or one again from step 0 where an earlier one stopped before its first
+        checkpoint: its files are replaced, and the note says which)."""
         if self.is_global_zero:
-            with open(self.out / "config.json", "w") as f:
-                json.dump(dataclasses.asdict(self.cfg), f, indent=2)
+            with self._writing():
+                self.out.mkdir(parents=True, exist_ok=True)
+                if self.folder_state == "reuse":
+                    stale = sorted(p.name for p in self.out.iterdir() if p.name in EARLY_FILES)
+                    for name in stale:
+                        (self.out / name).unlink()
+                    print(f"note: {self.out} held a run that stopped before its first checkpoint "
+                          f"({', '.join(stale)}); starting it again from step 0", file=sys.stderr)
+                self._write_config()
         self.log = RunLog(self.out / "log.jsonl", writer=self.is_global_zero)
         self.warmup_best = None
         return {"epoch": 0, "pos": 0, "step": 0, "best": None}
+
+    def settings(self) -> dict:
+        """The resolved settings without the output folder (what a summary records)."""
+        return {k: v for k, v in self.resolved_config().items() if k != "out_dir"}
+
+    def _write_config(self, step: Optional[int] = None) -> None:
+        """``config.json``: every resolved setting, the settings as given (``given``), the code
+        and engine (``provenance``); a resumed run adds what it changed to ``resumes``."""
+        path = self.out / "config.json"
+        current = {**self.resolved_config(), "given": dataclasses.asdict(self.cfg),
+                   "provenance": provenance(self.device, self.world_size, self.cfg.precision)}
+        resumes = []
+        if step is not None and path.exists():
+            saved = json.loads(path.read_text())
+            resumes = saved.get("resumes", [])
+            skip = ("given", "provenance", "resumes", "out_dir", "progress")
+            changed = {k: [saved.get(k), v] for k, v in json.loads(json.dumps(current)).items()
+                       if k not in skip and saved.get(k) != v}
+            resumes.append({"step": step, "changed": changed})
+        write_json(path, {**current, "resumes": resumes})
 
     def _hand_off_warmup(self, step: int) -> None:
         """The ERM warm-up just ended. Official (``--warmup-handoff best``, fish:src/main.py
@@ -356,7 +478,7 @@ class Run:
         best = load_checkpoint(self.out / "best_model.pt")
         self.model.load_state_dict(best["model"])
         self.selection.best = None
-        self.log.write({"kind": "handoff", "step": step, "from_step": best["step"],
+        self._write_log({"kind": "handoff", "step": step, "from_step": best["step"],
                         self.selection_metric: self.warmup_best["value"]})
 
     def _save(self, epoch, pos, step) -> None:
@@ -370,24 +492,43 @@ class Run:
                 raise RuntimeError(f"the model replicas differ between processes at step {step} "
                                    f"(digests {digests}); please report this as a bug")
         if self.is_global_zero:
-            atomic_save({"learner": self.learner.state_dict(), "phase": self._phase(), "epoch": epoch,
-                         "pos": pos, "step": step, "best": self.selection.best, "rng": rng,
-                         "warmup_best": self.warmup_best,
-                         "engine": {"world_size": self.world_size, "precision": self.cfg.precision,
-                                    "replica_digests": digests, **self.backend.state_dict()},
-                         "last_eval_step": self._last_eval_step, "log_records": self.log.records},
-                        self.out / "checkpoint.pt")
+            with self._writing():
+                atomic_save({"learner": self.learner.state_dict(), "phase": self._phase(), "epoch": epoch,
+                             "pos": pos, "step": step, "best": self.selection.best, "rng": rng,
+                             "warmup_best": self.warmup_best, "before_final": self._before_final,
+                             "engine": {"world_size": self.world_size, "precision": self.cfg.precision,
+                                        "replica_digests": digests, **self.backend.state_dict()},
+                             "last_eval_step": self._last_eval_step, "log_records": self.log.records},
+                            self.out / "checkpoint.pt", keep_previous=True)
         self._saved_step = step
 
     def _restore(self) -> dict:
-        state = load_checkpoint(self.out / "checkpoint.pt")
+        """Load the latest good checkpoint (the previous one if the latest is damaged), decide
+        what resuming means, and only then touch the folder: an interrupted run continues; a
+        finished one continues when more ``--max-steps``/``--epochs`` are asked (extended as
+        one longer run), else it is refused; one killed before its summary just finishes."""
+        required = ("learner", "epoch", "pos", "step", "rng", "log_records")
+        state, path, warning = load_latest_checkpoint(self.out / "checkpoint.pt", required)
+        if warning and self.is_global_zero:
+            print(f"warning: {warning}", file=sys.stderr)
         self.learner.load_state_dict(state["learner"])
+        finished = self._finished(state["epoch"], state["step"])
+        summary = self.out / "summary.json"
+        if finished and summary.exists():
+            until = (f"--max-steps {self.cfg.max_steps}" if self.cfg.max_steps is not None
+                     else f"--epochs {self.epochs}")
+            raise RunExistsError(f"{self.out} holds a finished run (step {state['step']}, epoch "
+                                 f"{state['epoch']}) and {until} asks for no more: nothing to resume; to train it longer, "
+                                 "pass a larger --max-steps or --epochs with --resume")
+        extending = summary.exists() and not finished
         # Optimizer state dicts carry their lr: apply this invocation's (e.g. a lowered --lr).
         for optimizer in self._optimizers(state["learner"]):
             for group in optimizer.param_groups:
                 group["lr"] = self.lr
         self.backend.load_state_dict(state.get("engine", {}))
-        rng = state["rng"] if isinstance(state["rng"], list) else [state["rng"]]
+        before = state.get("before_final") if extending else None
+        rng = (before or state)["rng"]
+        rng = rng if isinstance(rng, list) else [rng]
         if self.rank < len(rng):
             set_rng_state(rng[self.rank])
         if len(rng) != self.world_size and self.is_global_zero:
@@ -395,8 +536,21 @@ class Run:
                   f"{self.world_size}: the batches are the same, their split over processes and "
                   "the random transforms of the new processes differ from an uninterrupted run")
         self.log = RunLog(self.out / "log.jsonl", writer=self.is_global_zero)
-        self.log.truncate(state["log_records"])
+        with self._writing():
+            self.log.truncate((before or state)["log_records"])
+            if self.is_global_zero:
+                if extending:
+                    kept = self.out / "best_model.before_final.pt"
+                    if before is not None and kept.exists():
+                        os.replace(kept, self.out / "best_model.pt")
+                    summary.unlink()
+                    print(f"note: extending the finished run in {self.out} from step {state['step']}; "
+                          "its summary.json and predictions are written again at the end", file=sys.stderr)
+                self._write_config(step=state["step"])
+        if before is not None:
+            state = {**state, "best": before["best"], "last_eval_step": before["last_eval_step"]}
         self.warmup_best = state.get("warmup_best")
+        self._saved_step = state["step"]
         return state
 
     def _optimizers(self, learner_state: dict) -> list:
@@ -409,16 +563,13 @@ class Run:
     def _finish(self) -> dict:
         if self.world_size > 1:
             self.fabric.barrier()  # process 0 has written best_model.pt
-        best = load_checkpoint(self.out / "best_model.pt")
+        best = load_checkpoint(self.out / "best_model.pt", required=("model", "step"))
         self.model.load_state_dict(best["model"])
         replicate = replicate_name(self.cfg.dataset,
                                    P.replicate_of(self.preset, self.cfg.seed, self.cfg.fold))
-        results = {}
+        results, predictions = {}, {}
         for split in [s for s in self.dataset.split_dict if s != "train"]:
-            results[split], y_pred = self.evaluator.metrics(split)
-            if self.is_global_zero:
-                write_predictions(self.out / "predictions", self.cfg.dataset, split, replicate,
-                                  y_pred, overwrite=True)
+            results[split], predictions[split] = self.evaluator.metrics(split)
         summary = {"dataset": self.cfg.dataset, "algorithm": self.cfg.algorithm, "seed": self.cfg.seed,
                    "replicate": replicate, "selected_step": best["step"],
                    "selection": {"split": self.selection_split, "metric": self.selection_metric,
@@ -426,10 +577,18 @@ class Run:
                    "metrics": results}
         if self.warmup_best is not None:
             summary["warmup_selection"] = {**self.warmup_best, "handoff": self.cfg.warmup_handoff}
+        summary["settings"] = self.settings()
+        summary["provenance"] = provenance(self.device, self.world_size, self.cfg.precision)
         if self.is_global_zero:
-            with open(self.out / "summary.json", "w") as f:
-                json.dump(summary, f, indent=2)
-        return summary
+            with self._writing():
+                folder = self.out / "predictions"
+                for split, y_pred in predictions.items():
+                    write_predictions(folder, self.cfg.dataset, split, replicate, y_pred, overwrite=True)
+                write_manifest(folder, build_manifest(
+                    self.dataset, self.cfg.dataset, self.dataset_kwargs, replicate,
+                    frac=self.cfg.frac, settings=summary["settings"], provenance=summary["provenance"]))
+                write_json(self.out / "summary.json", summary)
+        return json.loads(dumps(summary))  # as written: tuples as lists, NaN as None
 
 
 def _phase_name(stats: dict) -> str:
