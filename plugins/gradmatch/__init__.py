@@ -4,11 +4,20 @@ Framework-free core: :class:`Fish` (Algorithm 1), :class:`IDGM` (the exact secon
 objective), :class:`ERM`, and the GIP diagnostic. Adapters: ``gradmatch.wilds`` (WILDS runner,
 CdSprites-N) and the ``gradmatch`` command line.
 """
-from .erm import ERM
-from .fish import Fish
-from .gip import gradient_inner_product
-from .idgm import IDGM, idgm_objective
-from .losses import NonFiniteLossError, binary_cross_entropy_loss, cross_entropy_loss, mse_loss
+import importlib
+
+#: public name -> the module defining it, imported on first use (``import gradmatch.cli`` and
+#: ``gradmatch --help`` stay free of torch)
+_EXPORTS = {"ERM": "erm", "Fish": "fish", "gradient_inner_product": "gip", "IDGM": "idgm",
+            "idgm_objective": "idgm", "NonFiniteLossError": "losses",
+            "binary_cross_entropy_loss": "losses", "cross_entropy_loss": "losses", "mse_loss": "losses"}
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ERM", "Fish", "IDGM", "NonFiniteLossError", "binary_cross_entropy_loss",

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .wilds.runner import RunConfig, train
+from .wilds.run_config import RunConfig
 
 ALGORITHMS = ("erm", "fish")
 ERM_LR = 1e-3
@@ -165,6 +165,8 @@ def _train_or_reuse(cfg: RunConfig):
     if (run_dir / "summary.json").exists():
         return cfg, None
     try:
+        from .wilds.runner import train  # torch: imported when a run starts
+
         train(cfg, resume=(run_dir / "checkpoint.pt").exists())
     except Exception as err:  # noqa: BLE001 -- one run's failure must not stop the others
         error = f"{type(err).__name__}: {err}"

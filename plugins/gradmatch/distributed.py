@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from .backend import Backend, _params_of, average_in_place
+from .choices import parse_devices  # noqa: F401 (re-exported)
 
 #: ``--precision`` values (Lightning's names) and their aliases
 PRECISIONS = {"32-true": "32-true", "32": "32-true", "bf16-mixed": "bf16-mixed",
@@ -78,15 +79,6 @@ def build_fabric(accelerator: str = "auto", devices: Any = "auto", strategy: str
     except (ValueError, RuntimeError, TypeError) as err:
         raise EngineConfigError(f"cannot set up accelerator={accelerator!r} devices={devices!r} "
                                 f"strategy={strategy!r} precision={precision!r}: {err}") from err
-
-
-def parse_devices(value: str) -> Any:
-    """``--devices`` as Lightning reads it: ``auto``, ``-1``, a count ``2``, or a list ``0,1``."""
-    if value == "auto":
-        return value
-    if "," in value or value.startswith("["):
-        return [int(v) for v in value.strip("[]").split(",") if v.strip()]
-    return int(value)
 
 
 class FabricBackend(Backend):

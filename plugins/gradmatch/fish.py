@@ -23,14 +23,13 @@ import torch
 from torch import nn
 
 from .backend import LOCAL, Backend
+from .choices import STEP_SIZES
 from .erm import OptimizerFactory, erm_update
 from .losses import LossFn, check_finite, cross_entropy_loss
 from .gip import gradient_inner_product
 
 
 #: the meta step ``eps`` of each convention
-STEP_SIZES = {"domainbed": "eps = meta_lr (DomainBed's built-in Fish)",
-              "official": "eps = meta_lr / meta_steps (the official Fish code)"}
 STEP_SIZE_CONVENTIONS = tuple(STEP_SIZES)
 BUFFER_MODES = ("interpolate", "copy")
 

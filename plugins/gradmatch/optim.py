@@ -6,8 +6,11 @@ from typing import Any, Callable, Dict, Iterable
 
 import torch
 
+from .choices import OPTIMIZER_NAMES
+
 #: name -> optimizer class
 OPTIMIZERS: Dict[str, type] = {"adam": torch.optim.Adam, "sgd": torch.optim.SGD}
+assert tuple(OPTIMIZERS) == OPTIMIZER_NAMES, "gradmatch.choices.OPTIMIZER_NAMES names the same optimizers"
 
 
 def optimizer_factory(name: str, **kwargs: Any) -> Callable[[Iterable[torch.nn.Parameter]], torch.optim.Optimizer]:

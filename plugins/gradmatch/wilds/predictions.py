@@ -208,13 +208,13 @@ def evaluate_predictions(preds_dir, dataset_name: str = None, root_dir="data", o
             check_dataset(manifest, data, name)
         return data
 
-    preset = _preset(name)
-    if (dataset is None and preset is not None and "data_seed" in _defaults_of(preset)
-            and "data_seed" not in given and not all(manifests.values())):
-        raise ValueError(f"{name} predictions without a manifest: name their data realisation, "
-                         f"--dataset-kwargs '{{\"data_seed\": N, ...}}' (N = the training --seed unless "
-                         "the run set data_seed), with the kwargs the run was trained with")
-    splits = [split for split in dataset_for(replicates[0]).split_dict if split != "train"]
+    with_manifest = [m for m in manifests.values() if m]
+    if with_manifest:
+        splits = list(with_manifest[0]["splits"])
+    else:
+        first = dataset if dataset is not None else _load(name, root_dir, dict(
+            given, **({"fold": replicates[0].split(":")[1]} if by_fold else {})))
+        splits = [split for split in first.split_dict if split != "train"]
     files, missing = {}, []
     for replicate in replicates:
         for split in splits:
@@ -236,6 +236,12 @@ def evaluate_predictions(preds_dir, dataset_name: str = None, root_dir="data", o
             raise FileNotFoundError(f"{len(missing)} prediction file(s) missing in {folder}:\n  {listing}")
         warnings.warn(f"scoring replicates {used} only; missing in {folder}:\n  {listing}", stacklevel=2)
 
+    preset = _preset(name)
+    if (dataset is None and preset is not None and "data_seed" in _defaults_of(preset)
+            and "data_seed" not in given and not all(manifests[r] for r in used)):
+        raise ValueError(f"{name} predictions without a manifest: name their data realisation, "
+                         f"--dataset-kwargs '{{\"data_seed\": N, ...}}' (N = the training --seed unless "
+                         "the run set data_seed), with the kwargs the run was trained with")
     per_replicate = {split: {} for split in splits}
     for replicate in used:
         data = dataset_for(replicate)

@@ -9,16 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .. import distributed as D
-from ..fish import STEP_SIZES
-from ..optim import OPTIMIZERS
+from ..choices import (ALGORITHMS, INNER_OPTIMIZER_STATES, OPTIMIZER_NAMES,  # noqa: F401 (re-exported)
+                       STEP_SIZES, WARMUP_HANDOFFS)
 
-ALGORITHMS = ("fish", "erm")
-#: how long Fish's inner optimizer keeps its state: one step, one Fish epoch (official), the run
-INNER_OPTIMIZER_STATES = ("step", "epoch", "run")
-#: what Fish starts from after the ERM warm-up: the best warm-up model, selection restarted
-#: (official, fish:src/main.py pretrain + __main__), or the last warm-up weights
-WARMUP_HANDOFFS = ("best", "last")
 
 
 @dataclass
@@ -80,8 +73,8 @@ class RunConfig:
         if self.warmup_handoff not in WARMUP_HANDOFFS:
             raise ValueError(f"--warmup-handoff must be one of {WARMUP_HANDOFFS}, got "
                              f"{self.warmup_handoff!r}")
-        if self.optimizer is not None and self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"--optimizer must be one of {sorted(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.optimizer is not None and self.optimizer not in OPTIMIZER_NAMES:
+            raise ValueError(f"--optimizer must be one of {sorted(OPTIMIZER_NAMES)}, got {self.optimizer!r}")
         if self.momentum is not None and not 0 <= self.momentum < 1:
             raise ValueError(f"--momentum must be in [0, 1), got {self.momentum!r}")
         if not 0 < self.frac <= 1:
@@ -100,7 +93,9 @@ class RunConfig:
         if self.eval_splits is not None and "train" in self.eval_splits:
             raise ValueError("--eval-splits: 'train' is not evaluated (every non-train split is); drop it")
         check_out_dir(self.out_dir)
-        D.check_precision(self.precision, self.accelerator)
+        from ..distributed import check_precision
+
+        check_precision(self.precision, self.accelerator)
         if self.sync_batchnorm and self.accelerator == "cpu":
             raise ValueError("--sync-batchnorm needs CUDA devices (torch has no SyncBatchNorm on "
                              "the CPU); drop it on a CPU")
