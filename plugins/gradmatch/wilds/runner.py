@@ -152,11 +152,16 @@ class Run:
         cfg, ds = self.cfg, self.dataset
         self.train_set = ds.get_subset("train", frac=cfg.frac,
                                        transform=self._transform(train=True))
-        self.eval_splits = cfg.eval_splits or [s for s in ds.split_dict if s != "train"]
+        self.eval_splits = list(cfg.eval_splits or [s for s in ds.split_dict if s != "train"])
+        splits = [s for s in ds.split_dict if s != "train"]
         unknown = [s for s in self.eval_splits if s not in ds.split_dict]
         if unknown:
-            raise ValueError(f"unknown split(s) {unknown}; {cfg.dataset} has {list(ds.split_dict)}")
+            raise ValueError(f"--eval-splits: unknown split(s) {', '.join(unknown)}; {cfg.dataset} has "
+                             f"{', '.join(splits)}")
         self.selection_split = self.setting("selection_split")
+        if self.selection_split not in splits:
+            raise ValueError(f"--selection-split {self.selection_split!r}: {cfg.dataset} has "
+                             f"{', '.join(splits)}; pick one of them")
         self.selection_metric = self.setting("selection_metric")
         if self.selection_split not in self.eval_splits:
             self.eval_splits.append(self.selection_split)

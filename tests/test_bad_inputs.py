@@ -1,0 +1,156 @@
+"""Every bad input gets one clear line (issue 15, item 4): one table over every entry point.
+
+Each row is a command line and a piece of the message it must give. The command must exit with
+status 2 and print exactly one line containing ``error:`` that names the flag or key and the fix,
+no traceback, and leave the work folder exactly as it was (files, folders and their bytes).
+``{w}`` in a row is the work folder, which holds a regular file ``a_file``, a folder of someone
+else's ``foreign/notes.txt`` and an empty folder ``empty``; ``{preds}`` a predictions folder
+with the files of one replicate and no manifest.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gradmatch.cli import main as gradmatch_main
+from test_wilds_runner import TINY
+
+KW = json.dumps(TINY)
+
+
+def train(*extra, out="{w}/run"):
+    """A ``gradmatch train`` on toy CdSprites-N that is valid apart from ``extra``."""
+    return ["train", "--dataset", "cdsprites", "--dataset-kwargs", KW, "--out", out,
+            "--max-steps", "4", "--no-progress", *extra]
+
+
+#: (entry point, argv, what the error line must say)
+ROWS = [
+    # gradmatch train: numeric ranges
+    ("gradmatch", train("--eval-every", "-1"), "--eval-every must be an integer >= 0, got -1"),
+    ("gradmatch", train("--checkpoint-every", "0"), "--checkpoint-every must be an integer >= 1"),
+    ("gradmatch", train("--log-every", "0"), "--log-every must be an integer >= 1"),
+    ("gradmatch", train("--gip-every", "-2"), "--gip-every must be an integer >= 0"),
+    ("gradmatch", train("--num-workers", "-1"), "--num-workers must be an integer >= 0"),
+    ("gradmatch", train("--num-nodes", "0"), "--num-nodes must be an integer >= 1"),
+    ("gradmatch", train("--seed", "-1"), "--seed must be an integer >= 0"),
+    ("gradmatch", train("--seed", str(2 ** 32)), "--seed must be < 2**32"),
+    ("gradmatch", train("--erm-warmup-steps", "-5"), "--erm-warmup-steps must be an integer >= 0"),
+    ("gradmatch", train("--lr", "nan"), "--lr must be positive, got nan"),
+    ("gradmatch", train("--lr", "-0.1"), "--lr must be positive"),
+    ("gradmatch", train("--batch-size", "0"), "--batch-size must be positive"),
+    ("gradmatch", train("--meta-lr", "0"), "--meta-lr must be positive"),
+    ("gradmatch", train("--meta-steps", "0"), "--meta-steps must be positive"),
+    ("gradmatch", train("--epochs", "0"), "--epochs must be positive"),
+    ("gradmatch", train("--max-steps", "-1"), "--max-steps must be positive"),
+    ("gradmatch", train("--optimizer", "sgd", "--momentum", "1.5"), "--momentum must be in [0, 1)"),
+    ("gradmatch", train("--momentum", "0.5"), "--momentum applies to --optimizer sgd only"),
+    ("gradmatch", train("--frac", "0"), "--frac must be in (0, 1]"),
+    ("gradmatch", train("--frac", "1.5"), "--frac must be in (0, 1]"),
+    ("gradmatch", train("--threads", "0"), "--threads must be an integer >= 1"),
+    ("gradmatch", train("--devices", "0"), "--devices: '0': use a count >= 1"),
+    ("gradmatch", train("--precision", "64"), "precision"),
+    ("gradmatch", train("--accelerator", "cpu", "--sync-batchnorm"), "--sync-batchnorm needs CUDA"),
+    ("gradmatch", train("--optimizer", "rmsprop"), "--optimizer: invalid choice: 'rmsprop'"),
+    ("gradmatch", train("--algorithm", "maml"), "--algorithm: invalid choice: 'maml'"),
+    ("gradmatch", train("--step-size", "big"), "--step-size: invalid choice: 'big'"),
+    ("gradmatch", train("--max-steps", "ten"), "--max-steps: invalid int value: 'ten'"),
+    # gradmatch train: names that only the dataset knows, checked before the first step
+    ("gradmatch", train("--selection-metric", "foo"), "--selection-metric 'foo': cdsprites's eval gives"),
+    ("gradmatch", train("--selection-split", "dev"), "--selection-split 'dev': cdsprites has id_val, val, test"),
+    ("gradmatch", train("--eval-splits", "dev"), "--eval-splits: unknown split(s) dev"),
+    ("gradmatch", train("--eval-splits", "train"), "--eval-splits: 'train' is not evaluated"),
+    ("gradmatch", train("--meta-steps", "9"), "lower --meta-steps"),
+    ("gradmatch", train("--fold", "A"), "--fold: cdsprites replicates are seeds"),
+    ("gradmatch", ["train", "--dataset", "camelyon", "--out", "{w}/run"], "unknown --dataset 'camelyon'"),
+    # gradmatch train: dataset kwargs
+    ("gradmatch", train()[:4] + ['{"num_domain": 4}'] + train()[5:], "--dataset-kwargs: cdsprites takes no 'num_domain'"),
+    ("gradmatch", train()[:4] + ['{"num_domains": 0}'] + train()[5:], "num_domains must be an integer >= 1, got 0"),
+    ("gradmatch", train()[:4] + ['{"image_size": 4}'] + train()[5:], "image_size must be an integer >= 8"),
+    ("gradmatch", train()[:4] + ['{"data_seed": -3}'] + train()[5:], "data_seed must be an integer >= 0"),
+    ("gradmatch", train()[:4] + ["{num_domains: 4}"] + train()[5:], "--dataset-kwargs: not valid JSON"),
+    ("gradmatch", train()[:4] + ["[4]"] + train()[5:], "is not a JSON object"),
+    # gradmatch train: the output folder
+    ("gradmatch", train(out="{w}/a_file"), "--out {w}/a_file is a file, not a folder"),
+    ("gradmatch", train(out="{w}/a_file/run"), "{w}/a_file is a file, so no folder can be made under it"),
+    ("gradmatch", train(out="{w}/foreign"), "{w}/foreign is not empty; choose another --out"),
+    ("gradmatch", train("--resume", out="{w}/empty"), "--resume: no checkpoint.pt in {w}/empty"),
+    # gradmatch evaluate
+    ("gradmatch", ["evaluate", "{w}/nothing", "--dataset", "cdsprites"], "no prediction folder {w}/nothing/cdsprites"),
+    ("gradmatch", ["evaluate", "{w}/foreign", "--dataset", "mnist"], "no official metric list for 'mnist'"),
+    ("gradmatch", ["evaluate", "{preds}", "--dataset", "cdsprites", "--replicate", "0"], "unrecognized arguments: --replicate"),
+    ("gradmatch", ["evaluate", "{preds}", "--dataset", "cdsprites", "--dataset-kwargs", '{"size": 3}'],
+     "--dataset-kwargs: cdsprites takes no 'size'"),
+    ("gradmatch", ["evaluate", "{preds}", "--dataset", "cdsprites", "--allow-partial", "--dataset-kwargs", KW],
+     "cdsprites predictions without a manifest: name their data realisation"),
+    # gradmatch (top level)
+    ("gradmatch", ["fit"], "invalid choice: 'fit'"),
+    ("gradmatch", ["domainbed"], "the following arguments are required: ACTION"),
+]
+
+
+def snapshot(folder: Path) -> dict:
+    """Every path under ``folder`` with its bytes (files) or None (folders)."""
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None)
+            for p in sorted(folder.rglob("*"))}
+
+
+@pytest.fixture()
+def work(tmp_path):
+    (tmp_path / "a_file").write_text("not a folder\n")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("someone else's\n")
+    (tmp_path / "empty").mkdir()
+    preds = tmp_path / "preds" / "cdsprites"
+    preds.mkdir(parents=True)
+    for split in ("id_val", "val", "test"):
+        (preds / f"cdsprites_split:{split}_seed:0_epoch:best_pred.csv").write_text("0\n1\n")
+    return tmp_path
+
+
+def run_entry_point(entry, argv, capsys):
+    mains = {"gradmatch": gradmatch_main}
+    try:
+        code = mains[entry](argv)
+    except SystemExit as exit_:  # argparse
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_the_table_has_at_least_40_bad_inputs():
+    assert len(ROWS) >= 40
+    assert len({json.dumps(r[1]) for r in ROWS}) == len(ROWS), "a row is repeated"
+
+
+@pytest.mark.parametrize("entry,argv,expected", ROWS, ids=[f"{i:02d}" for i in range(len(ROWS))])
+def test_a_bad_input_gets_one_clear_line(entry, argv, expected, work, capsys):
+    def fill(text):
+        return text.replace("{w}", str(work)).replace("{preds}", str(work / "preds"))
+
+    argv, expected = [fill(a) for a in argv], fill(expected)
+    before = snapshot(work)
+    code, out, err = run_entry_point(entry, argv, capsys)
+    errors = [line for line in (out + err).splitlines() if "error:" in line]
+    assert code == 2, (code, out, err)
+    assert "Traceback" not in out + err
+    assert len(errors) == 1, err
+    assert expected in errors[0], errors[0]
+    assert snapshot(work) == before, "the command changed the work folder"
+
+
+def test_the_console_script_gives_the_same_line(work):
+    """Through the installed ``gradmatch`` script, as a user runs it: a separate process."""
+    script = Path(sys.executable).with_name("gradmatch")
+    before = snapshot(work)
+    proc = subprocess.run([str(script), *train("--eval-every", "-1", out=f"{work}/run")], text=True,
+                          capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert [line for line in proc.stderr.splitlines() if "error:" in line] == [
+        "gradmatch: error: --eval-every must be an integer >= 0, got -1"]
+    assert snapshot(work) == before
