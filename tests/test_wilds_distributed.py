@@ -122,7 +122,12 @@ def test_evaluation_covers_every_example_exactly_once(runs):
 def test_only_process_zero_writes(runs):
     two = runs("erm", 2)
     assert sorted(p.name for p in two.iterdir()) == [
-        "best_model.pt", "checkpoint.pt", "config.json", "log.jsonl", "predictions", "summary.json"]
+        "best_model.pt", "checkpoint.prev.pt", "checkpoint.pt", "config.json", "log.jsonl", "predictions",
+        "summary.json"]
+    assert sorted(p.name for p in (two / "predictions" / "cdsprites").iterdir() if "manifest" in p.name) == [
+        "cdsprites_seed:0_manifest.json"]
+    config = json.loads((two / "config.json").read_text())
+    assert config["devices"] == 2 and config["provenance"]["engine"]["world_size"] == 2
     steps = [r["step"] for r in read_log(two) if r["kind"] == "train"]
     assert steps == list(range(1, STEPS + 1)), "each record once, from one process"
 

@@ -449,9 +449,13 @@ class Run:
         self.warmup_best = None
         return {"epoch": 0, "pos": 0, "step": 0, "best": None}
 
+    #: settings that change how a run is kept, not what it computes: left out of summary.json
+    MECHANICS = ("out_dir", "checkpoint_every", "progress", "num_workers")
+
     def settings(self) -> dict:
-        """The resolved settings without the output folder (what a summary records)."""
-        return {k: v for k, v in self.resolved_config().items() if k != "out_dir"}
+        """The resolved settings that make the result (what summary.json records): all of
+        config.json's but where the run is kept and how often (:attr:`MECHANICS`)."""
+        return {k: v for k, v in self.resolved_config().items() if k not in self.MECHANICS}
 
     def _write_config(self, step: Optional[int] = None) -> None:
         """``config.json``: every resolved setting, the settings as given (``given``), the code
