@@ -602,5 +602,15 @@ def test_the_inner_optimizer_state_lasts_one_fish_epoch_as_officially(state, fis
 def test_presets_lists_every_preset(capsys):
     code, out, _ = cli(capsys, "presets")
     assert code == 0
-    rows = [line.split()[0] for line in out.splitlines()[1:]]
-    assert rows == list(PRESETS)
+    lines = out.splitlines()
+    header, rule = lines[0], lines[1]
+    rows = lines[2:2 + len(PRESETS)]
+    assert [line.split()[0] for line in rows] == list(PRESETS)
+    # a readable table: every column starts where its header starts, cells never run together
+    starts = [i for i, c in enumerate(rule) if c == "-" and (i == 0 or rule[i - 1] == " ")]
+    assert len(starts) == len(header.split()) == 12
+    for row in rows:
+        for start in starts[1:]:
+            assert row[start - 2:start] == "  " and row[start] != " ", (row, start)
+    camelyon = rows[0].split()
+    assert camelyon[3] == f"{PRESETS['camelyon17'].optimizer_kwargs['lr']:g}"
