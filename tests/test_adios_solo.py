@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from adios_ssl.sololearn.locate import PINNED_COMMIT
 from solo_helpers import build_method, checkout_or_skip, solo_command, write_images
 
 CHECKOUT = checkout_or_skip()
@@ -69,6 +70,10 @@ def pretrained(images, tmp_path_factory):
     return runs
 
 
+def _no_constant(name: str):
+    raise ValueError(f"{name} in a JSON file (not strict JSON)")
+
+
 def logged(out: Path, column: str):
     """Per-step values of one metric from the CSV log Lightning writes in the run's folder."""
     import csv
@@ -95,6 +100,20 @@ def test_pretrain_writes_a_loadable_checkpoint_and_mask_pictures(pretrained, met
     assert state["global_step"] == 2 * BATCHES_PER_EPOCH
     args = json.loads((folder / "args.json").read_text())
     assert args["method"] == f"{method}_adios" and args["method_kwargs"]["N"] == 4
+    # provenance.json beside it: strict JSON, the same resolved config (ADIOS defaults filled
+    # in), the code that ran it, and what the config resolved to
+    record = json.loads((folder / "provenance.json").read_text(), parse_constant=_no_constant)
+    assert record["config"] == {k: v for k, v in args.items() if k != "wandb_run_id"}
+    assert record["config"]["method_kwargs"]["single_mask_entropy"] == "per_view"
+    solo_learn = record["provenance"]["upstream"]["solo-learn"]
+    assert solo_learn["pinned"] == PINNED_COMMIT and len(solo_learn["commit"]) == 40
+    assert record["provenance"]["engine"] == {"device": "cpu", "world_size": 1,
+                                              "precision": "32-true"}
+    assert record["provenance"]["libraries"]["lightning"] is not None
+    assert record["adios"]["masker_parameters"] == sum(
+        v.numel() for k, v in weights.items() if k.startswith("masker.") and "running" not in k
+        and "num_batches" not in k)
+    assert record["resumed_from"] is None and record["earlier"] == []
     picture = folder / "masks" / "masks-ep=0.png"
     assert picture.is_file() and picture.stat().st_size > 10_000
 
@@ -173,6 +192,13 @@ def test_interrupted_run_resumes_where_it_stopped(images, tmp_path):
     header = metrics[0].split(",")
     epochs = {int(float(row.split(",")[header.index("epoch")])) for row in metrics[1:]}
     assert epochs == {1, 2}
+    # both starts are recorded; the second names the checkpoint it resumed from
+    records = []
+    for path in tmp_path.glob("byol_adios/*/provenance.json"):
+        record = json.loads(path.read_text())
+        records += [record] + record["earlier"]
+    assert sorted(str(r["resumed_from"] and Path(r["resumed_from"]).resolve())
+                  for r in records) == sorted(["None", str(interrupted.resolve())])
 
 
 def test_gradient_accumulation_is_refused_with_a_clear_error(images, tmp_path):
@@ -183,6 +209,8 @@ def test_gradient_accumulation_is_refused_with_a_clear_error(images, tmp_path):
                          env=dict(os.environ, OMP_NUM_THREADS="1"))
     assert run.returncode != 0
     assert "accumulate_grad_batches=2" in run.stderr and "set accumulate_grad_batches: 1" in run.stderr
+    # refused by the configs' Hydra callback before solo-learn built or wrote anything
+    assert "Traceback" not in run.stderr and not list(tmp_path.rglob("args.json"))
 
 
 def test_byol_tau_follows_batches_not_optimizer_steps(pretrained):
@@ -285,6 +313,10 @@ def test_a_lightning_training_step_leaves_the_same_weights_in_both_orders(images
                              default_root_dir=tmp_path / computation)
         trainer.fit(model, DataLoader(batches, batch_size=None))
         assert int(model.adios_batches) == 2 and trainer.global_step == 4
+        # the encoder's and the masker's losses and the sparsity penalty are on the progress bar
+        shown = {k.rsplit("_", 1)[0] for k in trainer.progress_bar_metrics}
+        assert {"train_adios_ssl_loss", "train_mask_loss", "train_mask_penalty"} <= shown
+        assert "mask_summed_min" not in shown and "mask_summed_min_epoch" in trainer.logged_metrics
         weights[computation] = {n: p.detach().clone() for n, p in model.named_parameters()}
     assert any(n.startswith("masker.") for n in weights["batched"])
     for name, value in weights["batched"].items():

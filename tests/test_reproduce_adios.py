@@ -40,6 +40,28 @@ def fake_domains(root: Path, sizes=None) -> Path:
     return root
 
 
+def fake_pacs(root: Path, skip=()) -> Path:
+    """``root/<domain>/<class>/0.png`` for PACS' 4 domains x 7 classes, one 8x8 image each,
+    leaving out the ``<domain>`` or ``<domain>/<class>`` entries in ``skip``."""
+    from PIL import Image
+
+    for domain in experiment.PACS_DOMAINS:
+        for cls in experiment.PACS_CLASSES:
+            if domain in skip or f"{domain}/{cls}" in skip:
+                continue
+            (root / domain / cls).mkdir(parents=True)
+            Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(root / domain / cls / "0.png")
+    return root
+
+
+@pytest.fixture()
+def pacs_env(tmp_path, monkeypatch) -> Path:
+    """``$PACS_DIR`` pointing at a fake PACS (the cpu scale's job list needs one)."""
+    root = fake_pacs(tmp_path / "PACS")
+    monkeypatch.setenv("PACS_DIR", str(root))
+    return root
+
+
 # ----------------------------------------------------------------------------- split
 
 def _check_split(src: Path, out: Path, manifest: dict, fraction: float) -> None:
@@ -193,8 +215,9 @@ def test_paper_scale_dry_run(tmp_path):
 
 # ----------------------------------------------------------------------------- cpu scale: seeds
 
-def test_cpu_scale_runs_every_arm_at_two_seeds_keeping_seed_0_folders(tmp_path):
+def test_cpu_scale_runs_every_arm_at_two_seeds_keeping_seed_0_folders(tmp_path, pacs_env):
     jobs = {j.name: j for j in experiment.EXPERIMENT.jobs("cpu", tmp_path)}
+    assert jobs["split"].argv[3:5] == (str(pacs_env.resolve()), "data")
     keys = [a.key for a in experiment.ARMS]
     pretrain = sorted(n for n in jobs if n.startswith("pretrain/"))
     assert pretrain == sorted([f"pretrain/{k}" for k in keys] + [f"pretrain/{k}_seed1" for k in keys])
@@ -255,14 +278,55 @@ def mean_cell(v) -> str:
     return f"{v.mean():.1f} ± {v.std(ddof=1):.1f} ({v[0]:.1f} / {v[1]:.1f})"
 
 
-def test_gradmatch_does_not_import_adios_ssl_at_import_time():
+def test_gradmatch_does_not_import_adios_ssl_at_import_time(tmp_path, pacs_env):
     import subprocess
 
     code = ("import sys, gradmatch.reproduce as r; e = r.get_experiment('adios'); "
             "e.jobs('cpu', __import__('pathlib').Path('x')); e.jobs('paper', __import__('pathlib').Path('x')); "
             "print('adios_ssl' in sys.modules or 'solo' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=tmp_path)
     assert out.stdout.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- PACS check
+
+def test_the_cpu_scale_says_what_is_missing_when_there_is_no_pacs(tmp_path, monkeypatch):
+    """The job list (and so ``gradmatch reproduce adios --dry-run``) checks for PACS the way
+    the domainbed experiment checks for MNIST: ``$PACS_DIR``, else ./data/PACS or
+    ./../shared/data/PACS, with a message naming what is missing and how to fix it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PACS_DIR", raising=False)
+    with pytest.raises(FileNotFoundError) as err:
+        experiment.EXPERIMENT.jobs("cpu", tmp_path / "out")
+    message = str(err.value)
+    assert message.startswith("PACS not found (data/PACS: no such folder; ../shared/data/PACS: "
+                              f"no such folder, relative to {tmp_path}): set $PACS_DIR")
+    assert "art_painting, cartoon, photo, sketch" in message and "domainbed.scripts.download" in message
+    # a partial copy: the missing domain, the missing class, the empty class are named
+    partial = fake_pacs(tmp_path / "partial", skip=("sketch", "photo/dog"))
+    for image in (partial / "cartoon" / "house").iterdir():
+        image.unlink()
+    monkeypatch.setenv("PACS_DIR", str(partial))
+    with pytest.raises(FileNotFoundError) as err:
+        experiment.EXPERIMENT.jobs("cpu", tmp_path / "out")
+    assert str(err.value).startswith(f"PACS not found ($PACS_DIR={partial}: missing images in "
+                                     "cartoon/house/, photo/dog/, sketch/): set $PACS_DIR")
+    # ./data/PACS is found without $PACS_DIR; the paper scale needs no PACS
+    monkeypatch.delenv("PACS_DIR")
+    fake_pacs(tmp_path / "data" / "PACS")
+    jobs = experiment.EXPERIMENT.jobs("cpu", tmp_path / "out")
+    assert jobs[0].argv[3] == str((tmp_path / "data" / "PACS").resolve())
+    experiment.EXPERIMENT.jobs("paper", tmp_path / "out")
+
+
+def test_a_finished_split_keeps_its_source_without_pacs(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PACS_DIR", str(tmp_path / "gone"))
+    (tmp_path / "out" / "data").mkdir(parents=True)
+    (tmp_path / "out" / "data" / "split.json").write_text(json.dumps({"src": "/data/PACS"}))
+    jobs = experiment.EXPERIMENT.jobs("cpu", tmp_path / "out")
+    assert jobs[0].argv[3] == "/data/PACS"
 
 
 # ----------------------------------------------------------------------------- end to end

@@ -11,6 +11,8 @@ from typing import Callable, Dict
 
 import torch
 
+from .choices import MAE_PATCH
+
 MaskFn = Callable[..., torch.Tensor]
 
 
@@ -21,7 +23,7 @@ def random_pixel_masks(batch: int, size: int, ratio: float = 0.5,
     return (torch.rand(batch, 1, size, size, generator=generator) < ratio).float()
 
 
-def mae_patch_masks(batch: int, size: int, ratio: float = 0.75, patch: int = 16,
+def mae_patch_masks(batch: int, size: int, ratio: float = 0.75, patch: int = MAE_PATCH,
                     generator: torch.Generator | None = None) -> torch.Tensor:
     """MAE-style: the image is cut into ``patch x patch`` squares and a random ``ratio`` of them
     is hidden (``int(n * (1 - ratio))`` squares stay visible, as in the official baseline);

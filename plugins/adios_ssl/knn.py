@@ -1,5 +1,7 @@
 """``python -m adios_ssl.knn ARGS`` = solo-learn's ``main_knn.py ARGS`` with the ADIOS methods registered."""
-from .sololearn.scripts import run
+import sys
+
+from .sololearn.scripts import main
 
 if __name__ == "__main__":
-    run("knn")
+    sys.exit(main("knn"))

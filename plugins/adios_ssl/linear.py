@@ -1,5 +1,7 @@
 """``python -m adios_ssl.linear ARGS`` = solo-learn's ``main_linear.py ARGS`` with the ADIOS methods registered."""
-from .sololearn.scripts import run
+import sys
+
+from .sololearn.scripts import main
 
 if __name__ == "__main__":
-    run("linear")
+    sys.exit(main("linear"))

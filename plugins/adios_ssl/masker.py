@@ -9,16 +9,14 @@ small modules with one job each.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-#: UNet depth for each supported image size: the bottleneck sees a 4x4 (32 px), 4x4 (64 px),
-#: 6x6 (96 px), 4x4 (128 px) or 7x7 (224 px) feature map, as in the official code
-#: (``num_blocks = int(log2(img_size) - 1)``).
-NORMS = ("gn", "in", "none")
+# The depth follows the image size (``unet_depth``: ``int(log2(img_size)) - 1``, as in the
+# official code): the bottleneck sees a 4x4 (32 px), 4x4 (64 px), 6x6 (96 px), 4x4 (128 px) or
+# 7x7 (224 px) feature map. The size rules live in the torch-free ``adios_ssl.choices``.
+from .choices import NORMS, unet_depth, unet_problem  # noqa: F401 (NORMS, unet_depth re-exported)
 
 # Channel multipliers of c = fbase for the encoder outputs and decoder outputs, per depth
 # (the official code's plans for 4, 5 and 6 blocks).
@@ -32,14 +30,6 @@ _DECODER_WIDTHS = {
     5: (2, 2, 1, 1, 1),
     6: (2, 2, 1, 1, 1, 1),
 }
-
-
-def unet_depth(img_size: int) -> int:
-    """Number of UNet blocks for a square image of ``img_size`` pixels: ``int(log2(img_size)) - 1``
-    (32 -> 4, 64 and 96 -> 5, 128 and 224 -> 6)."""
-    if img_size < 16:
-        raise ValueError(f"img_size={img_size}: the masking UNet needs images of at least 16 px")
-    return int(math.log2(img_size)) - 1
 
 
 def conv_block(in_channels: int, out_channels: int, norm: str) -> nn.Sequential:
@@ -69,15 +59,11 @@ class UNet(nn.Module):
     def __init__(self, img_size: int, fbase: int = 32, norm: str = "gn", in_channels: int = 3,
                  num_blocks: int | None = None, bottleneck_dim: int = 128):
         super().__init__()
-        num_blocks = unet_depth(img_size) if num_blocks is None else int(num_blocks)
-        if num_blocks not in _ENCODER_WIDTHS:
-            raise ValueError(
-                f"num_blocks={num_blocks} (img_size={img_size}) is not supported: the masking "
-                f"UNet has {sorted(_ENCODER_WIDTHS)} blocks (image sizes 32 to 255 px)")
-        if norm == "gn" and fbase % 8:
-            raise ValueError(f"mask_fbase={fbase} must be a multiple of 8 with GroupNorm(8)")
-        if img_size % 2 ** (num_blocks - 1):
-            raise ValueError(f"img_size={img_size} is not divisible by 2**{num_blocks - 1}")
+        num_blocks = None if num_blocks is None else int(num_blocks)
+        problem = unet_problem(img_size, fbase, norm, num_blocks)
+        if problem:
+            raise ValueError(problem)
+        num_blocks = unet_depth(img_size) if num_blocks is None else num_blocks
         enc = [fbase * w for w in _ENCODER_WIDTHS[num_blocks]]
         dec = [fbase * w for w in _DECODER_WIDTHS[num_blocks]]
         self.down = nn.ModuleList(

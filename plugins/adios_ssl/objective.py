@@ -201,10 +201,9 @@ def _check_masks(x: torch.Tensor, masks: torch.Tensor) -> None:
 #: Which (view, view) pairs enter the loss for every mask k, with v1/v2 the two augmented
 #: views and v1m/v2m their masked copies: ``masked`` = (v1, v2m) [and (v1m, v2) when both
 #: views are masked], ``none`` = (v1, v2), ``both`` = (v1m, v2m) (both views masked only).
-PAIR_KINDS = ("masked", "none", "both")
-MASKED_VIEWS = ("second", "both")
-#: ADIOS-s with both views masked: one mask index per image for both views, or one per view.
-SINGLE_MASK_CHOICES = ("shared", "per_view")
+#: ``MASKED_VIEWS``: which crops are masked; ``SINGLE_MASK_CHOICES``: ADIOS-s with both views
+#: masked, one mask index per image for both views or one per view (all in adios_ssl.choices).
+from .choices import MASKED_VIEWS, PAIR_KINDS, SINGLE_MASK_CHOICES  # noqa: E402,F401
 
 
 def adios_ssl_loss(encode: Callable[[torch.Tensor], Any],

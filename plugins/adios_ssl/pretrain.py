@@ -1,5 +1,7 @@
 """``python -m adios_ssl.pretrain ARGS`` = solo-learn's ``main_pretrain.py ARGS`` with the ADIOS methods registered."""
-from .sololearn.scripts import run
+import sys
+
+from .sololearn.scripts import main
 
 if __name__ == "__main__":
-    run("pretrain")
+    sys.exit(main("pretrain"))

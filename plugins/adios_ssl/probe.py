@@ -41,6 +41,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
+from runkit.jsonio import write_json
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SEPARATOR = "__"
@@ -289,7 +291,7 @@ def masks_picture(data: Path, ckpt: Path, out: Path, per_domain: int = 2, seed: 
     """Test images with the run's masks: its masker's (adversarial) or its generator's."""
     from .baselines import BASELINE_MASKS
     from .masker import MaskingNetwork
-    from .render import save_mask_grid
+    from .render import method_label, save_mask_grid
 
     args = run_args(ckpt)
     kw = args.get("method_kwargs", {})
@@ -309,13 +311,16 @@ def masks_picture(data: Path, ckpt: Path, out: Path, per_domain: int = 2, seed: 
         masker.eval()
         with torch.no_grad():
             masks = masker(normalise(images)).float()
-        title = f"{args.get('method')} masks on test images"
+        title = (f"{method_label(str(args.get('method')))}: the trained masker's masks on "
+                 f"held-out test images ({per_domain} per domain)")
     else:
         gen = torch.Generator().manual_seed(seed)
         ratio = kw.get("mask_ratio")
         masks = BASELINE_MASKS[generator](len(rows), size, generator=gen,
                                           **({} if ratio is None else {"ratio": float(ratio)}))
-        title = f"{generator} masks (fixed generator) on test images"
+        base = method_label(str(args.get("method")).removesuffix("_adios"))
+        title = (f"{base} with {generator} masks (a fixed generator, not trained) on held-out "
+                 f"test images ({per_domain} per domain)")
     return save_mask_grid(images.float() / 255, masks, out, title=title)
 
 
@@ -336,6 +341,9 @@ def _ckpt(value: str) -> Optional[Path]:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from .quiet import quiet_known_warnings
+
+    quiet_known_warnings()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "masks":
         parser = argparse.ArgumentParser(prog="python -m adios_ssl.probe masks")
@@ -374,10 +382,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if args.masks is not None and ckpt is not None:
         result["masks_picture"] = str(masks_picture(args.data, ckpt, args.masks,
                                                     image_cache=args.image_cache))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = args.out.with_name(args.out.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(args.out)
+    write_json(args.out, result)
     print(f"{args.label or args.ckpt}: linear {result['linear']['overall']:.1f} %, "
           f"k-NN {result['knn']['overall']:.1f} % ({result['n_test']} test images); wrote {args.out}")
     return 0

@@ -27,6 +27,8 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from runkit.jsonio import write_json
+
 SPLITS = ("train", "test")
 MANIFEST = "split.json"
 SEPARATOR = "__"
@@ -124,9 +126,7 @@ def write_split(src: Path, out: Path, test_fraction: float = 0.2, seed: int = 0,
     manifest = dict(settings, classes=sorted({c for _, c, _ in plan["train"] + plan["test"]}),
                     domain_names=sorted({d for d, _, _ in plan["train"] + plan["test"]}),
                     sizes={s: len(plan[s]) for s in SPLITS}, counts=counts, files=files)
-    tmp = manifest_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(manifest_path)
+    write_json(manifest_path, manifest)
     return manifest
 
 
@@ -152,7 +152,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         manifest = write_split(Path(args.src), Path(args.out), args.test_fraction, args.seed,
                                args.max_per_group, args.domains)
     except SplitError as err:
-        print(f"adios_ssl.split: {err}", file=sys.stderr)
+        print(f"adios_ssl.split: error: {err}", file=sys.stderr)
         return 2
     print(f"{args.out}: train {manifest['sizes']['train']}, test {manifest['sizes']['test']} images, "
           f"{len(manifest['classes'])} classes, domains {', '.join(manifest['domain_names'])}")

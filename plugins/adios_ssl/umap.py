@@ -1,5 +1,7 @@
 """``python -m adios_ssl.umap ARGS`` = solo-learn's ``main_umap.py ARGS`` with the ADIOS methods registered."""
-from .sololearn.scripts import run
+import sys
+
+from .sololearn.scripts import main
 
 if __name__ == "__main__":
-    run("umap")
+    sys.exit(main("umap"))

@@ -268,7 +268,7 @@ def _demo(args) -> None:
 
 
 def _evaluate(args) -> None:
-    from .jsonio import dumps
+    from runkit.jsonio import dumps
     from .wilds.predictions import evaluate_predictions
 
     out = evaluate_predictions(args.predictions, args.dataset, root_dir=args.root_dir,
@@ -412,6 +412,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     import warnings
 
+    from .quiet import quiet_third_party
+
+    quiet_third_party()
     warnings.formatwarning = _format_warning
     try:
         COMMANDS[args.command](args)

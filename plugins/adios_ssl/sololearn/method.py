@@ -7,41 +7,51 @@ and the script wrappers arrange that; settings: :mod:`adios_ssl.sololearn.config
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterable, Optional
 
 import omegaconf
 import torch
+from omegaconf import OmegaConf
 from solo.methods.base import BaseMethod, BaseMomentumMethod
 
-from .config import ADIOSConfigError, adios_cfg  # noqa: F401 (re-exported)
+from .config import (MOMENTUM_DEFAULTS, SHIPPED_METHODS, SIMSIAM_DEFAULTS,  # noqa: F401 (re-exported)
+                     ADIOSConfigError, adios_cfg, parent_keys_of)
 from .mixin import ADIOSMixin
-
-#: The official ``BaseMomentumADIOSModel`` (BYOL-ADIOS) has ``--train_mask_epoch`` 10: its
-#: encoder schedule runs over ``max_epochs - 10`` epochs (``adios:src/methods/base_adios.py``).
-MOMENTUM_DEFAULTS: Dict[str, Any] = {"train_mask_epoch": 10}
-#: The official SimSiam-ADIOS command-line defaults (``adios:src/methods/simsiam_adios.py``):
-#: masks on both views, ``use_symmetry_mask``/``use_no_mask``/``use_both_mask`` all true, and
-#: ``--num_blocks 4`` whatever the image size.
-SIMSIAM_DEFAULTS: Dict[str, Any] = {"masked_views": "both", "pairs": ["masked", "none", "both"],
-                                    "unet_blocks": 4}
 
 
 def adios_method(base: type, name: Optional[str] = None,
-                 defaults: Optional[Dict[str, Any]] = None) -> type:
+                 defaults: Optional[Dict[str, Any]] = None, extra_keys: Iterable[str] = ()) -> type:
     """The ADIOS version of a two-view solo-learn method class (``BaseMethod`` subclass).
     ``defaults``: the method's own defaults for ADIOS keys (over :data:`MOMENTUM_DEFAULTS` for
-    momentum methods and the generic ones in :func:`adios_cfg`)."""
+    momentum methods and the generic ones in :func:`adios_cfg`). ``extra_keys``: further
+    ``method_kwargs`` keys the parent reads that its source does not spell
+    ``method_kwargs.<key>`` (any other unknown key is refused when the method is built)."""
     if not (isinstance(base, type) and issubclass(base, BaseMethod)):
         raise TypeError(f"{base!r} is not a solo-learn BaseMethod subclass")
     cls_name = name or f"{base.__name__}ADIOS"
     method_defaults = dict(MOMENTUM_DEFAULTS) if issubclass(base, BaseMomentumMethod) else {}
     method_defaults.update(defaults or {})
+    found = parent_keys_of(base)
+    parent_keys = None if found is None else frozenset(found) | frozenset(extra_keys)
 
-    def add_and_assert_specific_cfg(cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
-        return adios_cfg(base.add_and_assert_specific_cfg(cfg), method_defaults)
+    def add_and_assert_specific_cfg(cls, cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
+        """The parent's checks and defaults, then the ADIOS ones (:func:`adios_cfg`)."""
+        return adios_cfg(base.add_and_assert_specific_cfg(cfg), cls.adios_defaults,
+                         cls.adios_parent_keys, directional=hasattr(cls, "adios_directional_loss"))
+
+    def adios_check(cls, cfg: omegaconf.DictConfig) -> omegaconf.DictConfig:
+        """The ADIOS checks of :func:`adios_cfg` on a copy of ``cfg`` (a config as Hydra
+        composed it, before solo-learn's ``parse_cfg``); returns the checked copy."""
+        plain = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+        copy = OmegaConf.create(OmegaConf.to_container(plain, resolve=True))
+        return adios_cfg(copy, cls.adios_defaults, cls.adios_parent_keys,
+                         directional=hasattr(cls, "adios_directional_loss"))
 
     return type(cls_name, (ADIOSMixin, base), {
-        "add_and_assert_specific_cfg": staticmethod(add_and_assert_specific_cfg),
+        "add_and_assert_specific_cfg": classmethod(add_and_assert_specific_cfg),
+        "adios_check": classmethod(adios_check),
+        #: the method's own defaults for ADIOS keys, and the keys its parent reads
+        "adios_defaults": method_defaults, "adios_parent_keys": parent_keys,
         "__module__": __name__, "__qualname__": cls_name,
         "__doc__": f"{base.__name__} + ADIOS adversarial masking (see adios_ssl.sololearn.mixin).",
     })
@@ -53,9 +63,16 @@ def _solo_method(name: str) -> type:
     return METHODS[name]
 
 
-SimCLRADIOS = adios_method(_solo_method("simclr"), "SimCLRADIOS")
-BYOLADIOS = adios_method(_solo_method("byol"), "BYOLADIOS")
-class SimSiamADIOS(adios_method(_solo_method("simsiam"), "_SimSiamADIOSBase", SIMSIAM_DEFAULTS)):
+def _shipped(name: str, cls_name: str) -> type:
+    spec = SHIPPED_METHODS[name]
+    return adios_method(_solo_method(spec.parent), cls_name, dict(spec.defaults))
+
+
+SimCLRADIOS = _shipped("simclr_adios", "SimCLRADIOS")
+BYOLADIOS = _shipped("byol_adios", "BYOLADIOS")
+
+
+class SimSiamADIOS(_shipped("simsiam_adios", "_SimSiamADIOSBase")):
     """SimSiam + ADIOS. With ``method_kwargs.symmetric_pairs: false`` a (view, masked view)
     pair contributes only the term in which the masked view's prediction meets the other
     view's projection, ``D(p_masked, z)``: the official SimSiam-ADIOS without
@@ -69,9 +86,8 @@ class SimSiamADIOS(adios_method(_solo_method("simsiam"), "_SimSiamADIOSBase", SI
         return simsiam_loss_func(masked["p"], plain["z"])
 
 
-
-BarlowTwinsADIOS = adios_method(_solo_method("barlow_twins"), "BarlowTwinsADIOS")
-VICRegADIOS = adios_method(_solo_method("vicreg"), "VICRegADIOS")
+BarlowTwinsADIOS = _shipped("barlow_twins_adios", "BarlowTwinsADIOS")
+VICRegADIOS = _shipped("vicreg_adios", "VICRegADIOS")
 
 #: name in ``solo.methods.METHODS`` -> class
 ADIOS_METHODS: Dict[str, type] = {

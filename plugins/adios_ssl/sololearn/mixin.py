@@ -68,10 +68,6 @@ class ADIOSMixin:
         self.train_mask_epoch = int(kw.train_mask_epoch)
         self.single_mask_choice: str = kw.single_mask_choice
         self.single_mask_entropy: str = kw.single_mask_entropy
-        if not self.symmetric_pairs and not hasattr(self, "adios_directional_loss"):
-            raise ADIOSConfigError(
-                f"method_kwargs.symmetric_pairs=false needs a directional loss, which only "
-                f"simsiam_adios defines ({type(self).__name__} has none): remove the setting")
         self.adios_batched = kw.computation == "batched"
         self.adios_img_size = int(kw.img_size)
         self.mask_ratio = None if kw.mask_ratio is None else float(kw.mask_ratio)
@@ -175,16 +171,19 @@ class ADIOSMixin:
             lambda: self._masks(x1, x2), ssl_fn, optimizers[0],
             optimizers[1] if self.masker is not None else None,
             hooks=_LightningHooks(self, optimizers), **self._adios_step_options())
-        metrics = {"train_adios_ssl_loss": encoder.ssl_loss}
+        # the encoder's SSL loss, the masker's objective and the sparsity penalty also go to
+        # the progress bar; everything is logged per step and per epoch
+        shown = {"train_adios_ssl_loss": encoder.ssl_loss}
+        metrics = {}
         if masker is not None:
             fractions = mask_fractions(masker.masks)
-            metrics.update({
-                "train_mask_loss": masker.objective,
-                "train_mask_penalty": sparsity_penalty(masker.masks),
-                "mask_summed_min": fractions.min(dim=1).values.mean(),
-                "mask_summed_max": fractions.max(dim=1).values.mean(),
-            })
-        self.log_dict(metrics, on_epoch=True, sync_dist=True)
+            shown.update({"train_mask_loss": masker.objective,
+                          "train_mask_penalty": sparsity_penalty(masker.masks)})
+            metrics.update({"mask_summed_min": fractions.min(dim=1).values.mean(),
+                            "mask_summed_max": fractions.max(dim=1).values.mean()})
+        self.log_dict(shown, on_epoch=True, sync_dist=True, prog_bar=True)
+        if metrics:
+            self.log_dict(metrics, on_epoch=True, sync_dist=True)
         self._step_schedulers()
         return encoder.loss
 
@@ -218,6 +217,19 @@ class ADIOSMixin:
         self._adios_masker_in_ddp = wrapper.module is not self or not names <= ignored
         if not self._adios_masker_in_ddp:
             ddp.broadcast_(list(self.masker.parameters()) + list(self.masker.buffers()))
+
+    def on_train_start(self) -> None:
+        """Process 0 writes ``provenance.json`` (the resolved config and the code that runs it,
+        :mod:`adios_ssl.sololearn.record`) next to the ``args.json`` that solo-learn's
+        ``Checkpointer`` has just written (callbacks' ``on_train_start`` runs before the
+        module's)."""
+        super_hook = getattr(super(), "on_train_start", None)
+        if super_hook is not None:
+            super_hook()
+        if self.trainer.is_global_zero:
+            from .record import write_run_record
+
+            write_run_record(self, self.trainer)
 
     def _average_masker_grads(self) -> None:
         """Average the masker's gradients over the processes (one all-reduce per dtype)."""

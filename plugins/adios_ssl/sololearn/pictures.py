@@ -7,7 +7,8 @@ from typing import Any, Optional, Sequence
 import lightning.pytorch as pl
 import torch
 
-from ..render import save_mask_grid
+from ..render import method_label, save_mask_grid
+from .record import run_folder
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,16 +48,19 @@ class MaskPictures(pl.Callback):
         mean, std = _normalisation(pl_module)
         images = (self._images * std.view(1, -1, 1, 1) + mean.view(1, -1, 1, 1)).clamp(0, 1)
         path = self._folder(trainer) / f"masks-ep={epoch}.png"
-        save_mask_grid(images, masks, path, title=f"{type(pl_module).__name__}, epoch {epoch}")
+        save_mask_grid(images, masks, path, title=picture_title(pl_module, epoch))
         self.last_path = path
 
     def _folder(self, trainer: pl.Trainer) -> Path:
         if self.dirpath:
             return Path(self.dirpath)
-        for callback in trainer.callbacks:
-            if type(callback).__name__ == "Checkpointer" and getattr(callback, "path", None):
-                return Path(callback.path) / "masks"
-        return Path(trainer.default_root_dir) / "masks"
+        return run_folder(trainer) / "masks"
+
+
+def picture_title(pl_module: pl.LightningModule, epoch: int) -> str:
+    """``"SimCLR + ADIOS: masks after epoch 3 (first training crops of the epoch)"``."""
+    return (f"{method_label(type(pl_module).__name__)}: the masker's masks after epoch {epoch} "
+            "(first training crops of the epoch)")
 
 
 def _normalisation(pl_module: pl.LightningModule):

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from runkit.jsonio import write_json
 from .core import Experiment, Job, Report, python_module, threads_env
 
 NAME = "adios"
@@ -39,6 +40,11 @@ CONFIGS = "pkg://adios_ssl.configs"
 CPU_CONFIG = "cpu_simclr_adios"
 THREADS = threads_env(1)
 DATA_ENV = "PACS_DIR"
+#: where the cpu scale looks for PACS when ``$PACS_DIR`` is not set (relative to the working folder)
+DATA_DEFAULTS = ("data/PACS", "../shared/data/PACS")
+PACS_DOMAINS = ("art_painting", "cartoon", "photo", "sketch")
+PACS_CLASSES = ("dog", "elephant", "giraffe", "guitar", "horse", "house", "person")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 #: environment variables the commands read, and what they must hold
 ENV_HELP = {
@@ -128,10 +134,63 @@ def _solo(script: str, marker: str, args: Sequence[str], link: Optional[str] = N
                          "--", *args)
 
 
+def pacs_problems(folder: Path) -> List[str]:
+    """What ``folder`` lacks to be PACS as DomainBed stores it (``<domain>/<class>/<image>``,
+    the 4 domains x 7 classes, each with images); empty when nothing is missing."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return ["no such folder"]
+    missing = []
+    for domain in PACS_DOMAINS:
+        if not (folder / domain).is_dir():
+            missing.append(f"{domain}/")
+            continue
+        for cls in PACS_CLASSES:
+            group = folder / domain / cls
+            if not group.is_dir():
+                missing.append(f"{domain}/{cls}/")
+            elif not any(p.suffix.lower() in IMAGE_SUFFIXES for p in group.iterdir()):
+                missing.append(f"images in {domain}/{cls}/")
+    return missing
+
+
+def source_pacs_dir() -> Path:
+    """The PACS folder the cpu scale splits: ``$PACS_DIR``, else the first of
+    :data:`DATA_DEFAULTS` that holds PACS; raises ``FileNotFoundError`` saying what is missing
+    and how to fix it."""
+    chosen = os.environ.get(DATA_ENV, "").strip()
+    candidates = [chosen] if chosen else list(DATA_DEFAULTS)
+    found = {}
+    for candidate in candidates:
+        problems = pacs_problems(Path(candidate).expanduser())
+        if not problems:
+            return Path(candidate).expanduser().resolve()
+        found[candidate] = problems
+    where = "; ".join(
+        (f"${DATA_ENV}={c}" if chosen else c) + ": " + (
+            problems[0] if problems == ["no such folder"]
+            else "missing " + ", ".join(problems[:6]) + (" ..." if len(problems) > 6 else ""))
+        for c, problems in found.items())
+    relative = "" if chosen else f", relative to {Path.cwd()}"
+    raise FileNotFoundError(
+        f"PACS not found ({where}{relative}): set ${DATA_ENV} to the PACS folder, which holds "
+        f"<domain>/<class>/<image> for the domains {', '.join(PACS_DOMAINS)} and the classes "
+        f"{', '.join(PACS_CLASSES)} (DomainBed's `python -m domainbed.scripts.download "
+        "--data_dir D` writes it to D/PACS), or run from a folder that has data/PACS")
+
+
+def recorded_source(out: Path) -> Optional[str]:
+    """The PACS folder an earlier split of ``out`` used (``data/split.json``), or None."""
+    split = _read(Path(out) / "data" / "split.json")
+    return None if not split else split.get("src")
+
+
 def cpu_jobs(out: Path, settings: CpuSettings = CPU, data_dir: Optional[str] = None) -> List[Job]:
-    """The cpu scale's jobs for ``settings`` (tests pass tiny settings)."""
+    """The cpu scale's jobs for ``settings`` (tests pass tiny settings). The PACS folder is
+    ``data_dir``, else the one an earlier split of ``out`` used, else :func:`source_pacs_dir`
+    (which raises, naming the fix, when there is none)."""
     out = Path(out).resolve()
-    src = data_dir or os.environ.get(DATA_ENV) or f"${DATA_ENV}"
+    src = data_dir or recorded_source(out) or str(source_pacs_dir())
     split_args = [src, "data", "--test-fraction", str(settings.test_fraction),
                   "--seed", str(settings.split_seed)]
     if settings.max_per_group:
@@ -705,9 +764,7 @@ def run_solo(script: str, marker: Path, args: Sequence[str], link: Optional[Path
                        "last_metrics": metrics})
     marker = Path(marker)
     marker.parent.mkdir(parents=True, exist_ok=True)
-    tmp = marker.with_name(marker.name + ".tmp")
-    tmp.write_text(json.dumps(record, indent=1))
-    tmp.replace(marker)
+    write_json(marker, record, indent=1)  # strict JSON: a NaN metric is written as null
     return 0
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..jsonio import finite_or_none
+from runkit.jsonio import finite_or_none
 
 
 def atomic_save(obj, path: Path, keep_previous: bool = False) -> None:

@@ -24,7 +24,7 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from ..jsonio import write_json
+from runkit.jsonio import write_json
 
 FORMAT = 1
 

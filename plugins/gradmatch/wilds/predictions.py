@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..jsonio import write_json
+from runkit.jsonio import write_json
 from .compat import apply_compat, get_wilds_dataset
 from .manifest import check_dataset, check_kwargs, read_manifest
 

@@ -45,12 +45,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from upstream_checkouts.provenance import provenance
+from runkit.provenance import provenance
 
 from .. import distributed as D
 from ..erm import ERM
 from ..fish import Fish
-from ..jsonio import dumps, write_json
+from runkit.jsonio import dumps, write_json
 from . import presets as P
 from .checkpoint import RunLog, atomic_save, load_checkpoint, load_latest_checkpoint, rng_state, set_rng_state
 from .compat import apply_compat

@@ -1,0 +1,4 @@
+"""What the entry points of both packages (``gradmatch``, ``adios_ssl``) share, so that neither
+imports the other: strict JSON result files (:mod:`.jsonio`), the record of the code a run ran
+(:mod:`.provenance`) and the filters of known third-party warnings (:mod:`.quiet`).
+Plain Python: importing it imports no torch."""
