@@ -4,7 +4,8 @@ Each row is a command line and a piece of the message it must give. The command 
 status 2 and print exactly one line containing ``error:`` that names the flag or key and the fix,
 no traceback, and leave the work folder exactly as it was (files, folders and their bytes).
 ``{w}`` in a row is the work folder, which holds a regular file ``a_file``, a folder of someone
-else's ``foreign/notes.txt`` and an empty folder ``empty``; ``{preds}`` a predictions folder
+else's ``foreign/notes.txt``, an empty folder ``empty``, a ``gradmatch reproduce`` folder
+``rep``; ``{preds}`` a predictions folder
 with the files of one replicate and no manifest.
 """
 from __future__ import annotations
@@ -130,6 +131,59 @@ ADIOS_ROWS = [
 ]
 ROWS += [("adios-ssl", argv, expected) for argv, expected in ADIOS_ROWS]
 
+# gradmatch demo / reproduce / report / domainbed
+ROWS += [
+    ("gradmatch", ["demo", "--seeds", "0", "--out", "{w}/demo"], "--seeds must be an integer >= 1, got 0"),
+    ("gradmatch", ["demo", "--steps", "0", "--out", "{w}/demo"], "--steps must be an integer >= 1, got 0"),
+    ("gradmatch", ["demo", "--num-domains", "1", "--out", "{w}/demo"], "--num-domains must be an integer >= 2, got 1"),
+    ("gradmatch", ["demo", "--batch-size", "0", "--out", "{w}/demo"], "--batch-size must be an integer >= 1, got 0"),
+    ("gradmatch", ["demo", "--meta-lr", "nan", "--out", "{w}/demo"], "--meta-lr must be a positive finite number, got nan"),
+    ("gradmatch", ["demo", "--meta-lr", "inf", "--out", "{w}/demo"], "--meta-lr must be a positive finite number, got inf"),
+    ("gradmatch", ["demo", "--inner-lr", "-0.1", "--out", "{w}/demo"], "--inner-lr must be a positive finite number, got -0.1"),
+    ("gradmatch", ["demo", "--jobs", "0", "--out", "{w}/demo"], "--jobs must be an integer >= 1, got 0"),
+    ("gradmatch", ["demo", "--threads", "0", "--out", "{w}/demo"], "--threads must be an integer >= 1, got 0"),
+    ("gradmatch", ["demo", "--out", "{w}/a_file"], "--out {w}/a_file is a file, not a folder"),
+    ("gradmatch", ["demo", "--out", "{w}/a_file/demo"], "{w}/a_file is a file, so no folder can be made under it"),
+    ("gradmatch", ["demo", "--out", "{w}/foreign"], "--out {w}/foreign is not empty and holds no demo (demo_config.json)"),
+    ("gradmatch", ["demo", "--recipe", "rmsprop", "--out", "{w}/demo"], "--recipe: invalid choice: 'rmsprop'"),
+    ("gradmatch", ["reproduce", "cdsprites", "--scale", "cpu", "--out", "{w}/r", "--jobs", "0", "--dry-run"],
+     "--jobs must be an integer >= 1, got 0"),
+    ("gradmatch", ["reproduce", "cdsprites", "--scale", "cpu", "--out", "{w}/a_file", "--dry-run"],
+     "--out {w}/a_file is a file, not a folder"),
+    ("gradmatch", ["reproduce", "wilds", "--scale", "cpu", "--out", "{w}/a_file/r"],
+     "{w}/a_file is a file, so no folder can be made under it; choose another --out"),
+    ("gradmatch", ["reproduce", "cdsprites", "--scale", "cpu", "--out", "{w}/foreign", "--dry-run"],
+     "--out {w}/foreign is not empty and holds no reproduce.json"),
+    ("gradmatch", ["reproduce", "cdsprites", "--scale", "paper", "--out", "{w}/rep", "--dry-run"],
+     "--out {w}/rep holds the cdsprites experiment at cpu scale"),
+    ("gradmatch", ["reproduce", "mnist", "--scale", "cpu", "--out", "{w}/r"], "invalid choice: 'mnist'"),
+    ("gradmatch", ["report", "{w}/nothing"], "{w}/nothing does not exist: `gradmatch report DIR` reads the --out folder"),
+    ("gradmatch", ["report", "{w}/a_file"], "{w}/a_file is a file, not a folder: `gradmatch report DIR` reads"),
+    ("gradmatch", ["report", "{w}/foreign"], "{w}/foreign is not a `gradmatch reproduce` folder: it has no reproduce.json"),
+    ("gradmatch", ["report", "{w}/rep", "--copy-to", "{w}/rep"], "--copy-to {w}/rep is the reproduce folder itself"),
+    ("gradmatch", ["report", "{w}/rep", "--copy-to", "{w}/a_file"], "--copy-to {w}/a_file is a file, not a folder"),
+    ("gradmatch", ["domainbed", "install-hook", "--site-dir", "{w}/nowhere"],
+     "--site-dir {w}/nowhere does not exist: pass an existing site-packages folder"),
+    ("gradmatch", ["domainbed", "install-hook", "--site-dir", "{w}/a_file"], "--site-dir {w}/a_file is a file, not a folder"),
+    ("gradmatch", ["domainbed", "remove-hook", "--site-dir", "{w}/nowhere"], "--site-dir {w}/nowhere does not exist"),
+]
+
+# DomainBed's own train.py through the plugin's wrapper (checked before DomainBed makes --output_dir)
+DB = ["--algorithm", "FishFast", "--dataset", "Debug28", "--output_dir", "{w}/db"]
+DB_ROWS = [
+    (DB + ["--hparams", '{"meta_lr": -1}'], "FishFast hparam meta_lr must be a positive finite number, got -1: "
+                                             "set it with --hparams '{\"meta_lr\": 0.5}'"),
+    (DB + ["--hparams", '{"fish_inner_optimizer": "rmsprop"}'], 'FishFast hparam fish_inner_optimizer must be one of "adam", "sgd"'),
+    (DB + ["--hparams", '{"fish_gip_evry": 5}'], "unknown FishFast hparam 'fish_gip_evry' (in --hparams?)"),
+    (DB + ["--hparams", "{meta_lr: 1}"], "--hparams is not valid JSON"),
+    (DB + ["--algorithm", "FishFst"], "--algorithm FishFst is not a DomainBed algorithm: choose one of"),
+    (DB + ["--dataset", "CMNIST"], "--dataset CMNIST is not a DomainBed dataset: choose one of"),
+    (DB + ["--test_envs", "3"], "--test_envs 3 is not an environment of Debug28, whose environments are 0-2"),
+    (DB + ["--algorithm", "IDGM", "--test_envs", "0", "1"], "IDGM matches gradients between training domains and needs at least 2, got 1"),
+    (DB + ["--output_dir", "{w}/a_file"], "--output_dir {w}/a_file is a file: choose a folder path"),
+]
+ROWS += [("gradmatch.domainbed.train", argv, expected) for argv, expected in DB_ROWS]
+
 
 def snapshot(folder: Path) -> dict:
     """Every path under ``folder`` with its bytes (files) or None (folders)."""
@@ -143,11 +197,23 @@ def work(tmp_path):
     (tmp_path / "foreign").mkdir()
     (tmp_path / "foreign" / "notes.txt").write_text("someone else's\n")
     (tmp_path / "empty").mkdir()
+    (tmp_path / "rep").mkdir()  # a reproduce folder (cdsprites at cpu scale, nothing run yet)
+    (tmp_path / "rep" / "reproduce.json").write_text('{"experiment": "cdsprites", "scale": "cpu", "jobs": []}')
     preds = tmp_path / "preds" / "cdsprites"
     preds.mkdir(parents=True)
     for split in ("id_val", "val", "test"):
         (preds / f"cdsprites_split:{split}_seed:0_epoch:best_pred.csv").write_text("0\n1\n")
     return tmp_path
+
+
+def _domainbed_missing():
+    from gradmatch.domainbed.locate import DOMAINBED
+
+    try:
+        DOMAINBED.find_checkout()
+    except ImportError as err:
+        return str(err)
+    return None
 
 
 def _solo_learn_missing():
@@ -162,8 +228,10 @@ def _solo_learn_missing():
 
 def run_entry_point(entry, argv, capsys):
     from adios_ssl.cli import main as adios_main
+    from gradmatch.domainbed.train import main as domainbed_train_main
 
-    mains = {"gradmatch": gradmatch_main, "adios-ssl": adios_main}
+    mains = {"gradmatch": gradmatch_main, "adios-ssl": adios_main,
+             "gradmatch.domainbed.train": domainbed_train_main}
     try:
         code = mains[entry](argv)
     except SystemExit as exit_:  # argparse
@@ -173,7 +241,10 @@ def run_entry_point(entry, argv, capsys):
 
 
 def test_the_table_has_at_least_40_bad_inputs():
-    assert len(ROWS) >= 40 and {entry for entry, _, _ in ROWS} >= {"gradmatch", "adios-ssl"}
+    assert len(ROWS) >= 40
+    assert {entry for entry, _, _ in ROWS} == {"gradmatch", "adios-ssl", "gradmatch.domainbed.train"}
+    commands = {argv[0] for entry, argv, _ in ROWS if entry == "gradmatch"}
+    assert commands >= {"train", "evaluate", "demo", "reproduce", "report", "domainbed"}
     assert len({json.dumps(r[1]) for r in ROWS}) == len(ROWS), "a row is repeated"
 
 
@@ -181,6 +252,8 @@ def test_the_table_has_at_least_40_bad_inputs():
 def test_a_bad_input_gets_one_clear_line(entry, argv, expected, work, capsys, monkeypatch):
     if entry == "adios-ssl" and argv[0] in ("pretrain", "linear") and _solo_learn_missing():
         pytest.skip(f"needs a solo-learn checkout: {_solo_learn_missing()}")
+    if entry == "gradmatch.domainbed.train" and _domainbed_missing():
+        pytest.skip(f"needs a DomainBed checkout: {_domainbed_missing()}")
     monkeypatch.chdir(work)  # whatever a command would write into the working folder shows up
     def fill(text):
         return text.replace("{w}", str(work)).replace("{preds}", str(work / "preds"))

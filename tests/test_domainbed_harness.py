@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 import subprocess
 import sys
@@ -225,6 +226,73 @@ def test_train_records_plugin_stats_and_saves_one_loadable_network(checkout, mni
     assert model["num_domains"] == N_ENVS - 1
     assert set(FISH_KEYS) <= set(model["hparams"])
     assert model["logits_shape"] == [4, 2]
+
+
+def _headers(stdout: str) -> list:
+    """The header rows DomainBed's train.py printed (``misc.print_row`` of the sorted keys)."""
+    return [line.split() for line in stdout.splitlines() if line.split()[:1] == ["env0_in_acc"]]
+
+
+def test_train_prints_one_header_when_gip_is_measured_every_other_step(checkout, tmp_path):
+    """DomainBed's train.py prints the header again whenever a checkpoint's keys change. FishFast
+    measures GIP every ``fish_gip_every`` steps and repeats the measurement in between, so with a
+    checkpoint at every step there is still one header (Debug28: DomainBed's random 28x28
+    toy data, 16 images per environment, hence batch 8; a few seconds)."""
+    out = tmp_path / "run"
+    proc = _run([sys.executable, "-m", "gradmatch.domainbed.train", "--algorithm", "FishFast",
+                 "--dataset", "Debug28", "--test_envs", "0", "--steps", 5, "--checkpoint_freq", 1,
+                 "--output_dir", out, "--hparams", json.dumps({"fish_gip_every": 2, "batch_size": 8})],
+                _plugin_env(checkout, PYTHONWARNINGS=""), timeout=120)
+    assert "pkg_resources" not in proc.stderr  # WILDS' `outdated` import: filtered (gradmatch.quiet)
+    headers = _headers(proc.stdout)
+    assert len(headers) == 1, proc.stdout[-3000:]
+    assert {"gip", "gip_cos", "loss", "phase"} <= set(headers[0])
+    records = _records(out)
+    assert [r["step"] for r in records] == list(range(5))
+    assert len({tuple(sorted(r)) for r in records}) == 1  # the same keys at every checkpoint
+    gips = [r["gip"] for r in records]
+    assert gips[1] == gips[0] and gips[3] == gips[2] and gips[2] != gips[1]  # measured at 0, 2, 4
+
+
+def test_train_wrapper_rejects_bad_plugin_hparams_before_domainbed_writes(checkout, tmp_path):
+    """A bad FishFast hparam: exit status 2, one ``gradmatch: error:`` line naming it, no
+    traceback, and no ``--output_dir`` (DomainBed's train.py creates it first thing)."""
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "gradmatch.domainbed.train", "--algorithm", "FishFast", "--dataset",
+         "Debug28", "--output_dir", str(out), "--hparams", json.dumps({"meta_lr": -1})],
+        env=_plugin_env(checkout), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert [line for line in proc.stderr.splitlines() if "error:" in line] == [
+        "gradmatch: error: FishFast hparam meta_lr must be a positive finite number, got -1: "
+        "set it with --hparams '{\"meta_lr\": 0.5}'"]
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--hparams", "{meta_lr: 1}"], "--hparams is not valid JSON"),
+    (["--hparams", "[1]"], "--hparams must be a JSON object"),
+    (["--algorithm", "FishFst"], "--algorithm FishFst is not a DomainBed algorithm: choose one of ERM,"),
+    (["--dataset", "CMNIST"], "--dataset CMNIST is not a DomainBed dataset: choose one of"),
+    (["--test_envs", "3"], "--test_envs 3 is not an environment of Debug28, whose environments are 0-2"),
+    (["--hparams", '{"fish_gip_evry": 3}'], "unknown FishFast hparam 'fish_gip_evry'"),
+    (["--algorithm", "IDGM", "--test_envs", "0", "1"], "IDGM matches gradients between training domains"),
+    (["--hparams", '{"idgm_gamma": -1}', "--algorithm", "IDGM"], "IDGM hparam idgm_gamma must be"),
+])
+def test_train_wrapper_checks_arguments_domainbed_would_fail_on(checkout, args, message, tmp_path):
+    from gradmatch.domainbed.register import register
+    from gradmatch.domainbed.train import check_args
+
+    register()
+    base = ["--algorithm", "FishFast", "--dataset", "Debug28", "--output_dir", str(tmp_path / "run")]
+    check_args(base)  # valid as it is
+    with pytest.raises(ValueError, match=re.escape(message)):
+        check_args(base + args)
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(ValueError, match="--output_dir .* is under .*a_file, which is a file"):
+        check_args(base + ["--output_dir", str(tmp_path / "a_file" / "run")])
+    assert not (tmp_path / "run").exists()
 
 
 # ----------------------------------------------------------------------------- 2. sweep

@@ -1,6 +1,7 @@
 """The plugin's algorithms inside DomainBed (needs a checkout: $DOMAINBED_DIR or
 ~/.cache/gradmatch/upstream/DomainBed; skipped with that reason otherwise)."""
 import copy
+import re
 
 import pytest
 import torch
@@ -75,13 +76,20 @@ def test_domainbed_compatible_setting_equals_builtin_fish():
 
 
 def test_paper_setting_shuffles_domains_and_logs_gip():
+    """GIP is measured every ``fish_gip_every`` updates and repeated in between: every update
+    returns the same keys (DomainBed's train.py prints a new header when they change)."""
     torch.manual_seed(0)
     hparams = hparams_registry.default_hparams("FishFast", "ColoredMNIST")
     hparams.update(fish_gip_every=2)
     plugin = algorithms.get_algorithm_class("FishFast")(INPUT, CLASSES, DOMAINS, hparams)
     logs = [plugin.update(batches(s)) for s in range(4)]
-    assert ["gip" in log for log in logs] == [True, False, True, False]
+    assert all(set(log) == {"loss", "phase", "gip", "gip_cos"} for log in logs)
     assert all(isinstance(v, float) for log in logs for v in log.values())
+    gips = [log["gip"] for log in logs]
+    assert gips[1] == gips[0] and gips[3] == gips[2] and gips[2] != gips[0]  # measured at 0 and 2
+    hparams.update(fish_gip_every=0)
+    quiet = algorithms.get_algorithm_class("FishFast")(INPUT, CLASSES, DOMAINS, hparams)
+    assert all(set(quiet.update(batches(s))) == {"loss", "phase"} for s in range(2))
     orders = {tuple(plugin.fish.domain_order(DOMAINS)) for _ in range(60)}
     assert len(orders) == 6
 
@@ -133,3 +141,33 @@ def test_cdsprites_is_a_domainbed_dataset():
             assert len(per_colour) == 2 and agreement == 1.0  # colour gives the label away
         else:
             assert len(per_colour) == 10 and agreement < 0.6  # colour is uninformative
+
+
+@pytest.mark.parametrize("name,value,message", [
+    ("meta_lr", -1, "FishFast hparam meta_lr must be a positive finite number, got -1"),
+    ("meta_lr", float("nan"), "meta_lr must be a positive finite number, got nan"),
+    ("lr", 0, "FishFast hparam lr must be a positive finite number, got 0"),
+    ("weight_decay", -0.1, "weight_decay must be a finite number >= 0"),
+    ("fish_inner_optimizer", "rmsprop", 'fish_inner_optimizer must be one of "adam", "sgd"'),
+    ("fish_step_size", "half", 'fish_step_size must be one of "domainbed", "official"'),
+    ("fish_shuffle_domains", "yes", "fish_shuffle_domains must be true or false, got 'yes'"),
+    ("fish_erm_warmup_steps", -3, "fish_erm_warmup_steps must be an integer >= 0, got -3"),
+    ("fish_gip_every", 1.5, "fish_gip_every must be an integer >= 0, got 1.5"),
+    ("fish_gip_evry", 5, "unknown FishFast hparam 'fish_gip_evry'"),
+])
+def test_fishfast_rejects_bad_hparams_naming_them(name, value, message):
+    hparams = hparams_registry.default_hparams("FishFast", "ColoredMNIST")
+    hparams[name] = value
+    with pytest.raises(ValueError, match=re.escape(message)) as err:
+        algorithms.get_algorithm_class("FishFast")(INPUT, CLASSES, DOMAINS, hparams)
+    assert "\n" not in str(err.value) and "--hparams" in str(err.value)
+
+
+def test_idgm_rejects_bad_hparams_and_a_single_domain():
+    hparams = hparams_registry.default_hparams("IDGM", "ColoredMNIST")
+    cls = algorithms.get_algorithm_class("IDGM")
+    with pytest.raises(ValueError, match="IDGM hparam idgm_gamma must be a finite number >= 0, got -1"):
+        cls(INPUT, CLASSES, DOMAINS, {**hparams, "idgm_gamma": -1})
+    with pytest.raises(ValueError, match="needs at least 2, got 1: hold out fewer environments with --test_envs"):
+        cls(INPUT, CLASSES, 1, hparams)
+    cls(INPUT, CLASSES, DOMAINS, {**hparams, "fish_anything": 1})  # another algorithm's prefix: ignored

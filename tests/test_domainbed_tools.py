@@ -103,6 +103,40 @@ def test_install_and_remove_hook(tmp_path):
     assert hook.remove_hook(tmp_path) is None
 
 
+def test_hook_messages_tell_where_it_acts_and_how_to_undo_it(tmp_path, monkeypatch):
+    """A --site-dir that is not one of this interpreter's site-packages: the message says the hook
+    does nothing here, and the undo command carries the same --site-dir. The environment's own
+    site-packages (not written to here): every interpreter of the environment runs it."""
+    path = hook.install_hook(tmp_path)
+    text = hook.describe_install(path, tmp_path)
+    assert f"{tmp_path} is not a site-packages folder of this interpreter" in text
+    assert f"`gradmatch domainbed remove-hook --site-dir {tmp_path}`" in text
+    assert "this environment" not in text
+    site_packages = hook.site_dirs()[0]
+    text = hook.describe_install(site_packages / hook.PTH_NAME)
+    assert f"every interpreter of this environment ({sys.prefix})" in text
+    assert text.endswith("undo with `gradmatch domainbed remove-hook`")
+
+    assert hook.describe_remove(hook.remove_hook(tmp_path), tmp_path).startswith(f"removed {path}: ")
+    # nothing here, but a hook in one of this interpreter's site-packages: named, with its command
+    other = tmp_path / "site"
+    other.mkdir()
+    hook.install_hook(other)
+    monkeypatch.setattr(hook, "site_dirs", lambda: [other.resolve()])
+    text = hook.describe_remove(hook.remove_hook(tmp_path), tmp_path)
+    assert text.startswith(f"no startup hook was installed in {tmp_path}")
+    assert f"remove it with `gradmatch domainbed remove-hook --site-dir {other.resolve()}`" in text
+
+
+def test_hook_refuses_a_site_dir_that_is_not_a_folder(tmp_path):
+    (tmp_path / "a_file").write_text("")
+    for bad, message in ((tmp_path / "nowhere", "does not exist"), (tmp_path / "a_file", "is a file")):
+        for action in (hook.install_hook, hook.remove_hook):
+            with pytest.raises(ValueError, match=f"--site-dir {bad} {message}"):
+                action(bad)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
 def test_hook_keeps_interpreter_start_light(tmp_path):
     hook.install_hook(tmp_path)
     code = (f"import sys, time, site; t = time.perf_counter(); site.addsitedir({str(tmp_path)!r}); "
@@ -178,3 +212,36 @@ def test_cli_hook_and_clone(tmp_path, monkeypatch, capsys):
     (tmp_path / "keep.txt").write_text("mine")
     assert main(["domainbed", "clone", "--dest", str(tmp_path)]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def test_quiet_third_party_filters_only_the_known_warnings(monkeypatch):
+    import warnings
+
+    from gradmatch.quiet import CHILD_WARNINGS, quiet_third_party
+
+    text = "pkg_resources is deprecated as an API. See https://setuptools.pypa.io/"
+    environ = {"PYTHONWARNINGS": "default::DeprecationWarning"}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_third_party(environ)
+        quiet_third_party(environ)  # idempotent
+        for module in ("torchmetrics.utilities.imports", "outdated", "mine"):
+            warnings.warn_explicit(text, UserWarning, "x.py", 1, module=module)
+        warnings.warn_explicit("Importing from timm.models.layers is deprecated, please import via "
+                               "timm.layers", FutureWarning, "x.py", 1, module="timm.models.layers")
+        warnings.warn_explicit("resource_tracker: There appear to be 3 leaked semaphore objects to clean up "
+                               "at shutdown", UserWarning, "x.py", 1,
+                               module="joblib.externals.loky.backend.resource_tracker")
+        warnings.warn_explicit("something else", FutureWarning, "x.py", 1, module="timm.layers")
+    assert [(str(w.message)[:14], w.category) for w in caught] == [
+        (text[:14], UserWarning), ("something else", FutureWarning)]
+    assert environ["PYTHONWARNINGS"].split(",") == ["default::DeprecationWarning", *CHILD_WARNINGS]
+    # the child filters are valid -W options that silence the same warnings in a child process
+    code = ("import warnings; "
+            f"warnings.warn_explicit({text!r}, UserWarning, 'x.py', 1, module='outdated'); "
+            f"warnings.warn_explicit({text!r}, UserWarning, 'x.py', 1, module='torchmetrics.utilities.imports'); "
+            f"warnings.warn_explicit({text!r}, UserWarning, 'x.py', 1, module='mine')")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env={**os.environ, "PYTHONWARNINGS": environ["PYTHONWARNINGS"]})
+    assert "Invalid -W option" not in proc.stderr
+    assert proc.stderr.count("pkg_resources is deprecated") == 1 and "x.py:1" in proc.stderr

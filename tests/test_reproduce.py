@@ -1,6 +1,7 @@
 """`gradmatch reproduce` / `gradmatch report`: jobs, launchers, resume, failures, the cdsprites and
 wilds experiments, and the published-numbers table."""
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from gradmatch import demo
 from gradmatch.cli import build_parser, main
 from gradmatch.reproduce import get_experiment
 from gradmatch.reproduce.collect_predictions import collect
-from gradmatch.reproduce.core import Job, job_states, launch_local, read_failure, write_manifest
+from gradmatch.reproduce.core import Job, check_args, job_states, launch_local, read_failure, write_manifest
 from gradmatch.reproduce.published import PUBLISHED, TRAINING_DOMAIN_VALIDATION
 from gradmatch.reproduce.report import published_table, write_report
 from gradmatch.reproduce.train_jobs import train_argv
@@ -107,8 +108,11 @@ def test_collect_refuses_conflicting_predictions(tmp_path):
         d = tmp_path / run / "predictions" / "cdsprites"
         d.mkdir(parents=True)
         (d / "cdsprites_split:test_seed:0_epoch:best_pred.csv").write_text(text)
+    (tmp_path / "r1" / "predictions" / "cdsprites" / "cdsprites_seed:0_manifest.json").write_text('{"a": 1}')
     collect(tmp_path / "sub", [tmp_path / "r1", tmp_path / "r2"])  # identical: fine
     assert json.loads((tmp_path / "sub" / "cdsprites" / "manifest.json").read_text())
+    # the replicate's manifest (what gradmatch evaluate checks the data against) goes along
+    assert (tmp_path / "sub" / "cdsprites" / "cdsprites_seed:0_manifest.json").read_text() == '{"a": 1}'
     with pytest.raises(FileExistsError, match="same replicate"):
         collect(tmp_path / "sub", [tmp_path / "r3"])
     with pytest.raises(FileNotFoundError, match="no predictions"):
@@ -191,3 +195,77 @@ def test_sigterm_stops_the_launcher_and_its_running_jobs(tmp_path):
     time.sleep(0.5)
     with pytest.raises(ProcessLookupError):
         os.kill(child_pid, 0)
+
+
+def _work(tmp_path) -> Path:
+    """A work folder: a file, someone else's folder, an empty one, a demo folder, a reproduce
+    folder (cdsprites, cpu) and one whose manifest is damaged."""
+    (tmp_path / "a_file").write_text("x")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "notes.txt").write_text("mine")
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / "demo_config.json").write_text("{}")
+    write_manifest(tmp_path / "rep", get_experiment("cdsprites"), "cpu", [])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "reproduce.json").write_text("{oops")
+    return tmp_path
+
+
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): (p.read_bytes() if p.is_file() else None) for p in sorted(folder.rglob("*"))}
+
+
+@pytest.mark.parametrize("out,scale,jobs,message", [
+    ("r", "cpu", 0, "--jobs must be an integer >= 1, got 0"),
+    ("a_file", "cpu", 2, "--out {w}/a_file is a file, not a folder"),
+    ("a_file/r", "cpu", 2, "{w}/a_file is a file, so no folder can be made under it; choose another --out"),
+    ("foreign", "cpu", 2, "--out {w}/foreign is not empty and holds no reproduce.json (it is not a `gradmatch reproduce` folder)"),
+    ("demo", "cpu", 2, "(it is a `gradmatch demo` folder"),
+    ("rep", "paper", 2, "--out {w}/rep holds the cdsprites experiment at cpu scale"),
+    ("bad", "cpu", 2, "{w}/bad/reproduce.json is not valid JSON"),
+    ("r", "gpu", 2, "--scale gpu: the cdsprites experiment has scales cpu, paper"),
+])
+def test_reproduce_checks_its_arguments_before_anything(tmp_path, out, scale, jobs, message):
+    work = _work(tmp_path)
+    before = _snapshot(work)
+    with pytest.raises(ValueError) as err:
+        check_args(work / out, get_experiment("cdsprites"), scale, jobs)
+    assert message.replace("{w}", str(work)) in str(err.value) and "\n" not in str(err.value)
+    assert _snapshot(work) == before
+    for fine in ("empty", "rep", "new/folder"):  # new, empty, or the same experiment and scale: fine
+        check_args(work / fine, get_experiment("cdsprites"), "cpu", 1)
+    assert _snapshot(work) == before
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["report", "{w}/nothing"], "{w}/nothing does not exist: `gradmatch report DIR` reads the --out folder of "
+                                "`gradmatch reproduce EXPERIMENT --scale SCALE --out DIR`"),
+    (["report", "{w}/a_file"], "{w}/a_file is a file, not a folder"),
+    (["report", "{w}/foreign"], "{w}/foreign is not a `gradmatch reproduce` folder: it has no reproduce.json"),
+    (["report", "{w}/demo"], "{w}/demo is a `gradmatch demo` folder (its results are summary.json and demo.png)"),
+    (["report", "{w}/bad"], "{w}/bad/reproduce.json is not valid JSON"),
+    (["report", "{w}/rep", "--copy-to", "{w}/rep"], "--copy-to {w}/rep is the reproduce folder itself"),
+    (["report", "{w}/rep", "--copy-to", "{w}/a_file"], "--copy-to {w}/a_file is a file, not a folder"),
+    (["report", "{w}/rep", "--copy-to", "{w}/a_file/x"], "so no folder can be made under it; choose another --copy-to"),
+])
+def test_report_of_a_folder_it_cannot_read_says_what_to_pass(tmp_path, capsys, argv, message):
+    work = _work(tmp_path)
+    before = _snapshot(work)
+    assert main([a.replace("{w}", str(work)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert [line for line in err.splitlines() if "error:" in line] == [
+        "gradmatch: error: " + err.split("gradmatch: error: ")[1].strip()]
+    assert message.replace("{w}", str(work)) in err
+    assert _snapshot(work) == before
+
+
+def test_manifest_naming_an_unknown_experiment_or_scale(tmp_path):
+    for record, message in (({"experiment": "mnist", "scale": "cpu"}, "names experiment 'mnist', which is none of"),
+                            ({"experiment": "cdsprites", "scale": "gpu"}, "names scale 'gpu'"),
+                            ({"scale": "cpu"}, "lacks the experiment or the scale")):
+        (tmp_path / "reproduce.json").write_text(json.dumps(record))
+        with pytest.raises(ValueError, match=re.escape(message)):
+            write_report(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["reproduce.json"]

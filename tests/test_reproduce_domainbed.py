@@ -154,8 +154,9 @@ def test_smoke_sweep_end_to_end_with_failure_and_partial_report(domainbed, tmp_p
     jobs = experiment.plan_jobs(SMOKE, out)
     assert [j.name for j in jobs][:1] == [experiment.DATA_JOB] and len(jobs) == 1 + 2 * 3
 
-    # a run that fails (an unknown algorithm) and one that finishes: the report is partial
-    broken = replace(jobs[1], argv=jobs[1].argv + ("--algorithm", "NoSuchAlgorithm"))
+    # a run that fails inside DomainBed, after it made the run's folder (a batch size of 0,
+    # which DomainBed's loaders reject), and one that finishes: the report is partial
+    broken = replace(jobs[1], argv=jobs[1].argv + ("--hparams", json.dumps({"batch_size": 0})))
     states = core.launch_local(out, [jobs[0], broken, jobs[2]], parallel=2, echo=_quiet)
     assert states == {jobs[0].name: "done", broken.name: "failed", jobs[2].name: "done"}
     partial = experiment.build_report(out, SMOKE, "smoke")
@@ -228,3 +229,19 @@ def test_interrupted_run_is_rerun_from_scratch(domainbed, tmp_path):
     assert states[run.name] == "done"
     assert _steps(run_dir) == list(range(6))  # no record left over from the killed attempt
     assert "deleted the incomplete run" in core.log_path(out, run).read_text()
+
+
+def test_a_run_with_a_bad_argument_fails_in_one_line_and_writes_no_folder(domainbed, tmp_path):
+    """The plugin's train wrapper checks DomainBed's arguments before DomainBed makes the run's
+    folder: the job's failure record carries the one error line."""
+    out = tmp_path / "out"
+    out.mkdir()
+    run = experiment.plan_jobs(SMOKE, out)[1]
+    broken = replace(run, argv=run.argv + ("--algorithm", "NoSuchAlgorithm"), after=())
+    why = core.run_job(out, broken)
+    assert why == "exit status 2"
+    line = core.read_failure(out, broken)
+    assert line.startswith("exit status 2: gradmatch: error: --algorithm NoSuchAlgorithm is not a "
+                           "DomainBed algorithm: choose one of ERM,")
+    assert "Traceback" not in core.log_path(out, broken).read_text()
+    assert not (out / Path(run.done).parent).exists()

@@ -251,12 +251,13 @@ def _number(value) -> str:
 
 
 def _demo(args) -> None:
+    from .demo import check_args, format_table, run_demo
+
+    check_args(args.out, seeds=args.seeds, steps=args.steps, num_domains=args.num_domains,
+               batch_size=args.batch_size, recipe=args.recipe, meta_lr=args.meta_lr,
+               inner_lr=args.inner_lr, jobs=args.jobs, threads=args.threads)
     import torch
 
-    from .demo import format_table, run_demo
-
-    if args.threads < 1 or args.jobs < 1:
-        raise ValueError("--threads and --jobs must be >= 1")
     torch.set_num_threads(args.threads)
 
     summary = run_demo(args.out, seeds=args.seeds, steps=args.steps, num_domains=args.num_domains,
@@ -312,17 +313,16 @@ def _reproduce(args) -> None:
     from pathlib import Path
 
     from .reproduce import get_experiment
-    from .reproduce.core import LAUNCHERS, format_jobs, read_failure, write_manifest
+    from .reproduce.core import LAUNCHERS, check_args, format_jobs, read_failure, write_manifest
     from .reproduce.report import write_report
 
     experiment = get_experiment(args.experiment)
     out = Path(args.out)
+    check_args(out, experiment, args.scale, args.jobs)
     jobs = experiment.jobs(args.scale, out)
     if args.dry_run:
         print(format_jobs(out, jobs))
         return
-    if args.jobs < 1:
-        raise ValueError("--jobs must be >= 1")
     write_manifest(out, experiment, args.scale, jobs)
     extra = {"parallel": args.jobs} if args.launcher == "local" else {}
     states = LAUNCHERS[args.launcher](out, jobs, retry_failed=args.retry_failed, **extra)
@@ -359,12 +359,9 @@ def _domainbed(args) -> None:
         if root != default_dir().resolve():
             print(f"set {ENV_VAR}={root} so that the plugin finds it")
     elif args.domainbed_command == "install-hook":
-        path = hook.install_hook(args.site_dir)
-        print(f"wrote {path}: interpreters of this environment now register FishFast and IDGM when "
-              "DomainBed is imported; undo with `gradmatch domainbed remove-hook`")
+        print(hook.describe_install(hook.install_hook(args.site_dir), args.site_dir))
     else:
-        path = hook.remove_hook(args.site_dir)
-        print(f"removed {path}" if path else "no startup hook was installed there")
+        print(hook.describe_remove(hook.remove_hook(args.site_dir), args.site_dir))
 
 
 def _after_divergence(args) -> str:

@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +25,15 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from .reproduce.core import check_out_folder
 from .wilds.run_config import RunConfig
 
 ALGORITHMS = ("erm", "fish")
 ERM_LR = 1e-3
 FAILED = "failed.json"
+CONFIG = "demo_config.json"   # the demo's settings, written first: marks a demo folder
+#: fewest training domains: Fish and the colour/shape contrast need at least two
+MIN_DOMAINS = 2
 
 
 @dataclass(frozen=True)
@@ -58,23 +64,73 @@ DEFAULT_RECIPE = "sgd-small"
 def get_recipe(name: str, inner_lr: Optional[float] = None, meta_lr: Optional[float] = None) -> Recipe:
     """The recipe ``name``, with ``inner_lr`` / ``meta_lr`` replaced where given."""
     if name not in RECIPES:
-        raise ValueError(f"unknown demo recipe {name!r}; choose one of {', '.join(RECIPES)}")
+        raise ValueError(f"--recipe {name!r} is not a demo recipe; choose one of {', '.join(RECIPES)}")
     changes = {k: v for k, v in (("inner_lr", inner_lr), ("meta_lr", meta_lr)) if v is not None}
     return dataclasses.replace(RECIPES[name], **changes)
 
 
+def _check_int(flag: str, value, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < low:
+        raise ValueError(f"{flag} must be an integer >= {low}, got {value!r}")
+
+
+def _check_rate(flag: str, value) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{flag} must be a positive finite number, got {value!r} "
+                         f"(leave it out for the recipe's)")
+
+
 def demo_settings(seeds: int, steps: int, num_domains: int, batch_size: int, recipe: str = DEFAULT_RECIPE,
                   inner_lr: Optional[float] = None, meta_lr: Optional[float] = None) -> dict:
+    """The settings of a demo (``demo_config.json``); ValueError naming the one flag that is out
+    of range (seeds, steps, batch size >= 1; N >= :data:`MIN_DOMAINS`; step sizes > 0, finite)."""
+    _check_int("--seeds", seeds, 1)
+    _check_int("--steps", steps, 1)
+    _check_int("--num-domains", num_domains, MIN_DOMAINS)
+    _check_int("--batch-size", batch_size, 1)
+    if recipe not in RECIPES:
+        raise ValueError(f"--recipe {recipe!r} is not a demo recipe; choose one of {', '.join(RECIPES)}")
+    _check_rate("--meta-lr", meta_lr)
+    _check_rate("--inner-lr", inner_lr)
     fish = get_recipe(recipe, inner_lr, meta_lr)
-    if seeds < 1 or steps < 6 or num_domains < 2 or batch_size < 1 or not (fish.meta_lr > 0 and fish.inner_lr > 0):
-        raise ValueError("demo needs --seeds >= 1, --steps >= 6, --num-domains >= 2, "
-                         "--batch-size >= 1, --meta-lr > 0 and --inner-lr > 0")
     fish_settings = {k: v for k, v in dataclasses.asdict(fish).items() if k != "note"}
     return {"dataset": "cdsprites", "num_domains": num_domains, "seeds": seeds,
             "fish_steps": steps, "erm_steps": steps * num_domains, "batch_size": batch_size,
             "fish": {"recipe": recipe, **fish_settings, "eps": fish.meta_lr},
             "erm": {"optimizer": "adam", "amsgrad": True, "lr": ERM_LR},
             "examples_per_run": steps * num_domains * batch_size}
+
+
+def check_args(out, seeds: int = 3, steps: int = 450, num_domains: int = 15, batch_size: int = 32,
+               recipe: str = DEFAULT_RECIPE, meta_lr: Optional[float] = None, inner_lr: Optional[float] = None,
+               jobs: int = 1, threads: Optional[int] = 1) -> dict:
+    """Every check of ``gradmatch demo``, before anything is written or trained; returns the
+    settings (:func:`demo_settings`). ValueError, one line naming the flag and the fix: a value
+    out of range, ``--jobs`` / ``--threads`` < 1, an ``--out`` that is a file, under a file, not
+    writable, a non-empty folder that holds no demo, or a demo of other settings."""
+    settings = demo_settings(seeds, steps, num_domains, batch_size, recipe, inner_lr, meta_lr)
+    _check_int("--jobs", jobs, 1)
+    if threads is not None:
+        _check_int("--threads", threads, 1)
+    out = check_out_folder(out)
+    saved = out / CONFIG
+    if saved.exists():
+        try:
+            before = json.loads(saved.read_text())
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"--out {out}: {saved} is not valid JSON ({err}); choose another --out") from None
+        if before != settings:
+            key = next((k for k in settings if not isinstance(before, dict) or before.get(k) != settings[k]),
+                       "settings")
+            there = before.get(key) if isinstance(before, dict) else before
+            raise ValueError(f"--out {out} holds a demo with other settings ({key}: {there!r} there, "
+                             f"{settings[key]!r} now, in {saved}); rerun with its settings or choose another --out")
+    elif out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"--out {out} is not empty and holds no demo ({CONFIG}); choose another --out "
+                         "(nothing is overwritten)")
+    return settings
 
 
 def run_config(out: Path, algorithm: str, seed: int, settings: dict, progress: bool) -> RunConfig:
@@ -105,15 +161,13 @@ def run_demo(out: str, seeds: int = 3, steps: int = 450, num_domains: int = 15, 
     """Train (or reuse) every run, then write ``summary.json``, ``demo.png``; returns the summary.
 
     ``jobs`` > 1 trains that many runs at once in worker processes (one torch thread each).
-    A failed run does not stop the others: see :func:`train_all`.
+    A failed run does not stop the others: see :func:`train_all`. Bad arguments raise
+    ValueError before anything is written (:func:`check_args`).
     """
     out = Path(out)
-    settings = demo_settings(seeds, steps, num_domains, batch_size, recipe, inner_lr, meta_lr)
+    settings = check_args(out, seeds, steps, num_domains, batch_size, recipe, meta_lr, inner_lr, jobs, None)
     out.mkdir(parents=True, exist_ok=True)
-    saved = out / "demo_config.json"
-    if saved.exists() and json.loads(saved.read_text()) != settings:
-        raise ValueError(f"{out} holds a demo with other settings ({saved}); choose another --out")
-    saved.write_text(json.dumps(settings, indent=2))
+    (out / CONFIG).write_text(json.dumps(settings, indent=2))
 
     configs = [run_config(out, algorithm, seed, settings, progress and jobs == 1)
                for seed in range(seeds) for algorithm in ALGORITHMS]

@@ -23,8 +23,10 @@ class _CdSprites(MultipleDomainDataset):
     def __init__(self, root, test_envs, hparams):
         super().__init__()
         n = self.NUM_DOMAINS
-        data = generate_cdsprites(n, per_domain=PER_DOMAIN, num_val=0, num_test=PER_DOMAIN,
-                                  num_id_val=0, image_size=32, seed=int(hparams.get("cdsprites_seed", 0)))
+        # DomainBed holds out part of every environment itself: the generator's own validation
+        # splits are not used (one image each, the least it makes)
+        data = generate_cdsprites(n, per_domain=PER_DOMAIN, num_val=1, num_test=PER_DOMAIN,
+                                  num_id_val=1, image_size=32, seed=int(hparams.get("cdsprites_seed", 0)))
         palette = data["palette"]
 
         def tensors(split, rows):

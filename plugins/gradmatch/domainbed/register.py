@@ -5,6 +5,10 @@ DomainBed looks algorithms up in the ``domainbed.algorithms`` module namespace a
 """
 from __future__ import annotations
 
+import math
+import numbers
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
+
 ALGORITHMS = ("FishFast", "IDGM")
 
 
@@ -23,6 +27,71 @@ def _idgm_extras(hparam) -> None:
 
 # name -> (DomainBed algorithm whose hparams (and random draws) it shares, extra hparams)
 _HPARAMS = {"FishFast": ("Fish", _fish_fast_extras), "IDGM": ("ERM", _idgm_extras)}
+#: name -> the prefix of its own hparams (an unknown hparam with it is a typo, not ignored)
+_PREFIX = {"FishFast": "fish_", "IDGM": "idgm_"}
+
+
+def _own_hparams(algorithm: str) -> List[str]:
+    names: List[str] = []
+    _HPARAMS[algorithm][1](lambda name, default, random_fn: names.append(name))
+    return names
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_int(value) -> bool:
+    return _is_number(value) and float(value).is_integer()
+
+
+def _rules(algorithm: str) -> Dict[str, Tuple[str, Callable[[object], bool], str]]:
+    """hparam -> (what it must be, test, an example value in JSON) for ``algorithm``."""
+    from ..fish import STEP_SIZES
+    from ..optim import OPTIMIZERS
+
+    positive = ("a positive finite number", lambda v: _is_number(v) and v > 0, "0.001")
+    rules = {"lr": positive,
+             "weight_decay": ("a finite number >= 0", lambda v: _is_number(v) and v >= 0, "0.0")}
+    if algorithm == "FishFast":
+        boolean = ("true or false", lambda v: isinstance(v, bool) or v in (0, 1), "true")
+        count = ("an integer >= 0", lambda v: _is_int(v) and v >= 0, "0")
+        rules.update({
+            "meta_lr": (positive[0], positive[1], "0.5"),
+            "fish_inner_optimizer": ("one of " + ", ".join(map(repr, OPTIMIZERS)).replace("'", '"'),
+                                     lambda v: v in OPTIMIZERS, '"adam"'),
+            "fish_step_size": ("one of " + ", ".join(map(repr, STEP_SIZES)).replace("'", '"'),
+                               lambda v: v in STEP_SIZES, '"domainbed"'),
+            "fish_shuffle_domains": boolean, "fish_reset_inner_optimizer": boolean,
+            "fish_erm_warmup_steps": count, "fish_gip_every": (count[0], count[1], "50")})
+    else:
+        rules["idgm_gamma"] = ("a finite number >= 0", lambda v: _is_number(v) and v >= 0, "0.1")
+    return rules
+
+
+def check_hparams(algorithm: str, hparams: Mapping, num_domains: Optional[int] = None) -> None:
+    """ValueError (one line naming the hparam and the fix) unless ``hparams`` are valid for the
+    plugin's ``algorithm`` (``FishFast`` or ``IDGM``; any other name is not checked). An
+    unknown hparam with the algorithm's own prefix (``fish_`` / ``idgm_``) is an error, as
+    DomainBed would otherwise ignore the typo. ``num_domains``: training domains (IDGM needs 2)."""
+    if algorithm not in _HPARAMS:
+        return
+    own = _own_hparams(algorithm)
+    unknown = sorted(k for k in hparams if k.startswith(_PREFIX[algorithm]) and k not in own)
+    if unknown:
+        raise ValueError(f"unknown {algorithm} hparam {unknown[0]!r} (in --hparams?); {algorithm}'s "
+                         f"own hparams are {', '.join(own)}")
+    for name, (rule, ok, example) in _rules(algorithm).items():
+        if name not in hparams:
+            raise ValueError(f"{algorithm} needs hparam {name!r}: build its hparams with DomainBed's "
+                             f"hparams_registry.default_hparams({algorithm!r}, dataset) after "
+                             "gradmatch.domainbed.register.register()")
+        if not ok(hparams[name]):
+            raise ValueError(f"{algorithm} hparam {name} must be {rule}, got {hparams[name]!r}: "
+                             f"set it with --hparams '{{\"{name}\": {example}}}'")
+    if algorithm == "IDGM" and num_domains is not None and num_domains < 2:
+        raise ValueError(f"IDGM matches gradients between training domains and needs at least 2, got "
+                         f"{num_domains}: hold out fewer environments with --test_envs")
 
 
 def plugin_hparams(original, algorithm: str, dataset: str, random_seed: int) -> dict:

@@ -35,8 +35,10 @@ def wrap_launchers() -> None:
 
 
 def main() -> None:
+    from ..quiet import quiet_third_party
     from .register import register
 
+    quiet_third_party()
     register()
     wrap_launchers()
     runpy.run_module("domainbed.scripts.sweep", run_name="__main__", alter_sys=True)

@@ -2,7 +2,9 @@
 prediction files into one submission folder.
 
 Every ``RUN/predictions/<dataset>/*.csv`` is copied to ``DEST/<dataset>/``, the layout WILDS'
-leaderboard and ``examples/evaluate.py`` read (one file per split and replicate). A file already
+leaderboard and ``examples/evaluate.py`` read (one file per split and replicate), with each
+replicate's ``<dataset>_<replicate>_manifest.json`` (what ``gradmatch evaluate`` checks the
+data against; ``evaluate.py`` ignores it). A file already
 in ``DEST`` with other content stops the command (two runs claim the same replicate); identical
 files are left as they are. ``DEST/<dataset>/manifest.json`` lists where each file came from.
 """
@@ -25,6 +27,8 @@ def collect(dest: Path, runs: Sequence[Path]) -> Dict[str, str]:
         files = sorted((Path(run) / "predictions").glob("*/*.csv"))
         if not files:
             missing.append(str(run))
+        # each replicate's manifest (gradmatch.wilds.manifest) goes along: evaluate checks the data
+        files += sorted((Path(run) / "predictions").glob("*/*_manifest.json"))
         for src in files:
             target = dest / src.parent.name / src.name
             if target.exists() and not filecmp.cmp(src, target, shallow=False):

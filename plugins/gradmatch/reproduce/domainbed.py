@@ -309,6 +309,9 @@ def write_mnist(source: Path, dest: Path, n_train: Optional[int] = None,
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     """``python -m gradmatch.reproduce.domainbed train ARGS | data ...`` (the jobs' commands)."""
+    from ..quiet import quiet_third_party
+
+    quiet_third_party()
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["train"]:
         return train_main(argv[1:])

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from . import get_experiment
-from .core import job_states, read_manifest, state_summary
+from .core import check_out_folder, job_states, read_manifest, state_summary
 from .published import published_for
 
 
@@ -34,9 +34,18 @@ def published_table(experiment: str, compare: dict) -> List[str]:
 
 def write_report(out: Path, copy_to: Optional[Path] = None) -> Path:
     """Write ``<out>/report.md`` and ``<out>/report.json``; with ``copy_to``, also copy them and
-    the figures there (for committing). Returns the markdown's path."""
+    the figures there (for committing). Returns the markdown's path.
+
+    Checked before anything is written: ``out`` is a ``gradmatch reproduce`` folder
+    (:func:`~gradmatch.reproduce.core.read_manifest`), ``copy_to`` a folder that can be written
+    and not ``out`` itself."""
     out = Path(out)
     manifest = read_manifest(out)
+    if copy_to is not None:
+        copy_to = check_out_folder(copy_to, "--copy-to")
+        if copy_to.resolve() == out.resolve():
+            raise ValueError(f"--copy-to {copy_to} is the reproduce folder itself, where the report is "
+                             "written anyway; pass another folder (e.g. benchmarks/results/reproduce/<experiment>)")
     experiment = get_experiment(manifest["experiment"])
     scale = manifest["scale"]
     jobs = experiment.jobs(scale, out)
