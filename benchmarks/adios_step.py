@@ -57,7 +57,6 @@ from __future__ import annotations
 import os
 import sys
 
-
 import bench_env  # noqa: E402  (stdlib only: before torch)
 
 bench_env.size_thread_pools_from_argv()
@@ -77,8 +76,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 import torchvision  # noqa: E402
-from bench_env import (load_average, make_sync, maxrss_mb, peak_mb,  # noqa: E402
-                       proc_status_mb, reset_peak_rss, save_results)
+from bench_env import load_average, make_sync, maxrss_mb, peak_mb, proc_status_mb, reset_peak_rss, save_results  # noqa: E402
 from torch import nn  # noqa: E402
 
 from adios_ssl.masker import MaskingNetwork  # noqa: E402

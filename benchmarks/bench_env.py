@@ -151,6 +151,7 @@ def environment(device, **extra) -> dict:
     torchvision, numpy), device, CPU model and count, thread pools, load average; the CUDA device
     where there is one; then ``extra``."""
     import datetime
+
     import numpy as np
     import torch
 

@@ -55,7 +55,6 @@ from __future__ import annotations
 import os
 import sys
 
-
 import bench_env  # noqa: E402  (stdlib only: before torch)
 
 bench_env.size_thread_pools_from_argv()
@@ -83,8 +82,7 @@ except ImportError:  # not installed: use the source tree
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from bench_env import (load_average, make_sync, maxrss_mb, peak_mb,  # noqa: E402
-                       proc_status_mb, reset_peak_rss, save_results)
+from bench_env import load_average, make_sync, maxrss_mb, peak_mb, proc_status_mb, reset_peak_rss, save_results  # noqa: E402
 
 warnings.filterwarnings("ignore", message=r".*(pretrained|weight enum|weights).*")
 

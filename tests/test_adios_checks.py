@@ -20,10 +20,16 @@ from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
-
-from adios_ssl.sololearn.config import (DEFAULTS, SHIPPED_METHODS, ADIOSConfigError, adios_cfg,
-                                        keys_read_in, parent_keys_in_checkout)
 from solo_helpers import write_images
+
+from adios_ssl.sololearn.config import (
+    DEFAULTS,
+    SHIPPED_METHODS,
+    ADIOSConfigError,
+    adios_cfg,
+    keys_read_in,
+    parent_keys_in_checkout,
+)
 
 CONFIGS = "pkg://adios_ssl.configs"
 SIMCLR_KEYS = {"proj_hidden_dim", "proj_output_dim", "temperature"}

@@ -14,9 +14,17 @@ from torch.nn import functional as F
 
 from adios_ssl.baselines import beit_block_masks, mae_patch_masks, random_pixel_masks
 from adios_ssl.masker import MaskingNetwork, unet_depth
-from adios_ssl.objective import (SPARSITY_EPS, adios_ssl_loss, apply_masks,
-                                 apply_one_mask_per_image, encode_views, fraction_neg_entropy,
-                                 masker_objective, per_view_batch_norm, sparsity_penalty)
+from adios_ssl.objective import (
+    SPARSITY_EPS,
+    adios_ssl_loss,
+    apply_masks,
+    apply_one_mask_per_image,
+    encode_views,
+    fraction_neg_entropy,
+    masker_objective,
+    per_view_batch_norm,
+    sparsity_penalty,
+)
 
 
 def random_masks(b, n, size, seed=0, dtype=torch.float32):
@@ -383,8 +391,8 @@ def run_loss(encoder, masker, views, masked_views, seed=None, **kwargs):
         torch.manual_seed(seed)
     total, per_mask = adios_ssl_loss(enc, nt_xent, views, masks, [enc], **kwargs)
     total.backward()
-    grads = lambda m: [p.grad.clone() if p.grad is not None else torch.zeros_like(p)
-                       for p in m.parameters()]
+    def grads(m):
+        return [p.grad.clone() if p.grad is not None else torch.zeros_like(p) for p in m.parameters()]
     return total.detach(), [p.detach() for p in per_mask], grads(enc), grads(msk), masks
 
 

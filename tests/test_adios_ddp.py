@@ -28,7 +28,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from solo_helpers import checkout_or_skip, solo_command, write_images
 
 CHECKOUT = checkout_or_skip()

@@ -20,11 +20,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 import torch.nn.functional as F
+from solo_helpers import build_method, checkout_or_skip, write_images
 
 from adios_ssl.masker import MaskingNetwork
 from adios_ssl.objective import adios_ssl_loss, fraction_neg_entropy, sparsity_penalty
 from adios_ssl.step import masker_update
-from solo_helpers import build_method, checkout_or_skip, write_images
 
 CHECKOUT = checkout_or_skip()
 CLASSES, SIZE, BATCH = 6, 64, 8

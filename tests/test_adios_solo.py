@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from solo_helpers import build_method, checkout_or_skip, solo_command, write_images
 
 from adios_ssl.sololearn.locate import PINNED_COMMIT
-from solo_helpers import build_method, checkout_or_skip, solo_command, write_images
 
 CHECKOUT = checkout_or_skip()
 

@@ -17,9 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_wilds_runner import TINY
 
 from gradmatch.cli import main as gradmatch_main
-from test_wilds_runner import TINY
 
 KW = json.dumps(TINY)
 

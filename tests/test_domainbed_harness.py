@@ -31,8 +31,7 @@ from pathlib import Path
 
 import pytest
 
-from gradmatch.domainbed import DomainBedNotFound, find_checkout
-from gradmatch.domainbed import workers
+from gradmatch.domainbed import DomainBedNotFound, find_checkout, workers
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(__file__).parents[1] / "../shared/data"

@@ -70,7 +70,8 @@ def taylor_predictions(model, batches, alpha):
     sum_pairs = gip * s * (s - 1) / 2
     with_gip = torch.autograd.grad(sum_loss - alpha / 2 * sum_pairs, params, retain_graph=True)
     erm_only = torch.autograd.grad(sum_loss, params)
-    flat = lambda gs: torch.cat([g.reshape(-1) for g in gs])
+    def flat(gs):
+        return torch.cat([g.reshape(-1) for g in gs])
     return alpha * flat(with_gip), alpha * flat(erm_only)
 
 
@@ -211,7 +212,8 @@ def test_inner_optimizer_state_carried_or_reset():
     for _ in range(3):
         carried.step(batches)
         reset.step(batches)
-    steps = lambda f: int(next(iter(f.inner_optimizer.state.values()))["step"])
+    def steps(f):
+        return int(next(iter(f.inner_optimizer.state.values()))["step"])
     assert steps(carried) == 9
     assert steps(reset) == 3
 

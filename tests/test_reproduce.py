@@ -12,7 +12,7 @@ from gradmatch import demo
 from gradmatch.cli import build_parser, main
 from gradmatch.reproduce import get_experiment
 from gradmatch.reproduce.collect_predictions import collect
-from gradmatch.reproduce.core import Job, check_args, job_states, launch_local, read_failure, write_manifest
+from gradmatch.reproduce.core import Job, check_args, launch_local, read_failure, write_manifest
 from gradmatch.reproduce.published import PUBLISHED, TRAINING_DOMAIN_VALIDATION
 from gradmatch.reproduce.report import published_table, write_report
 from gradmatch.reproduce.train_jobs import train_argv
@@ -47,7 +47,8 @@ def _py(code: str):
 
 def test_local_launcher_resumes_records_failures_and_blocks_dependents(tmp_path):
     out = tmp_path
-    count = "import pathlib, sys; p = pathlib.Path('count_{0}'); p.write_text(p.read_text() + 'x' if p.exists() else 'x'); "
+    count = ("import pathlib, sys; p = pathlib.Path('count_{0}'); "
+             "p.write_text(p.read_text() + 'x' if p.exists() else 'x'); ")
     jobs = [
         Job("a", _py(count.format("a") + "pathlib.Path('a.done').write_text('')"), done="a.done"),
         Job("bad", _py(count.format("bad") + "print('boom'); sys.exit(3)"), done="bad.done"),
@@ -150,7 +151,7 @@ def test_wilds_cpu_experiment_end_to_end_scores_match_a_direct_computation(tmp_p
     assert data["test"]["acc_avg"] == pytest.approx(np.mean(accs), abs=1e-6)  # WILDS scores in float32
     assert data["test"]["acc_avg_std"] == pytest.approx(np.std(accs, ddof=1), abs=1e-6)
     text = write_report(tmp_path).read_text()
-    assert f"| FISH | " in text and f"{100 * data['test']['acc_avg']:.1f} ±" in text
+    assert "| FISH | " in text and f"{100 * data['test']['acc_avg']:.1f} ±" in text
     assert "10 done" in text
 
 
@@ -220,7 +221,8 @@ def _snapshot(folder: Path) -> dict:
     ("r", "cpu", 0, "--jobs must be an integer >= 1, got 0"),
     ("a_file", "cpu", 2, "--out {w}/a_file is a file, not a folder"),
     ("a_file/r", "cpu", 2, "{w}/a_file is a file, so no folder can be made under it; choose another --out"),
-    ("foreign", "cpu", 2, "--out {w}/foreign is not empty and holds no reproduce.json (it is not a `gradmatch reproduce` folder)"),
+    ("foreign", "cpu", 2,
+     "--out {w}/foreign is not empty and holds no reproduce.json (it is not a `gradmatch reproduce` folder)"),
     ("demo", "cpu", 2, "(it is a `gradmatch demo` folder"),
     ("rep", "paper", 2, "--out {w}/rep holds the cdsprites experiment at cpu scale"),
     ("bad", "cpu", 2, "{w}/bad/reproduce.json is not valid JSON"),

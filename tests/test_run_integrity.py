@@ -8,17 +8,24 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 import torch
+from test_wilds_runner import (
+    TINY,
+    assert_bitwise_equal,
+    cli,
+    final_model,
+    read_log,
+    snapshot,
+    train_args,
+    without_timing,
+)
 
 from gradmatch.wilds.cdsprites import CdSpritesNDataset
 from gradmatch.wilds.checkpoint import CheckpointDamaged, load_checkpoint
 from gradmatch.wilds.manifest import labels_digest, manifest_path
 from gradmatch.wilds.predictions import evaluate_predictions
-from test_wilds_runner import (TINY, assert_bitwise_equal, cli, final_model, read_log, snapshot,
-                               train_args, without_timing)
 
 SMALL = {**TINY, "num_domains": 5, "num_val": 96, "num_test": 96}
 
@@ -213,7 +220,7 @@ def test_a_failed_write_says_what_was_saved_and_the_run_continues(reference, tmp
     args = run_args(out, "--max-steps", 20, "--checkpoint-every", 3, "--eval-every", 4, "--resume")
     code, _, err = cli(capsys, *args)
     assert code == 1 and "Traceback" not in err
-    line = [l for l in err.splitlines() if "error:" in l]
+    line = [text for text in err.splitlines() if "error:" in text]
     assert len(line) == 1 and "could not write" in line[0] and "checkpoint.pt.tmp" in line[0]
     assert "the checkpoint of step 10" in line[0] and "rerun the same command with --resume" in line[0]
     assert torch.load(out / "checkpoint.pt", weights_only=True)["step"] == 10

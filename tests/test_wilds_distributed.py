@@ -18,13 +18,20 @@ import time
 import numpy as np
 import pytest
 import torch
+from test_wilds_runner import (
+    TINY,
+    assert_bitwise_equal,
+    cli,
+    final_model,
+    read_log,
+    snapshot,
+    train_args,
+    without_timing,
+)
 
 from gradmatch.backend import Backend, average_in_place
 from gradmatch.distributed import eval_shards, replica_digest, shard
 from gradmatch.wilds.runner import Run, RunConfig, load_checkpoint
-
-from test_wilds_runner import (TINY, assert_bitwise_equal, cli, final_model, read_log, snapshot,
-                               train_args, without_timing)
 
 pytestmark = pytest.mark.slow
 

@@ -15,15 +15,20 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from test_wilds_compat import make_camelyon17, make_civilcomments, noisy_predictions
 from wilds.common.grouper import CombinatorialGrouper
 from wilds.common.metrics.all_metrics import Accuracy
 from wilds.datasets.wilds_dataset import WILDSDataset
 
 from gradmatch.wilds.compat import get_wilds_dataset
 from gradmatch.wilds.predictions import (
-    evaluate_predictions, prediction_path, read_predictions, replicate_name, required_replicates,
-    write_predictions)
-from test_wilds_compat import make_camelyon17, make_civilcomments, noisy_predictions
+    evaluate_predictions,
+    prediction_path,
+    read_predictions,
+    replicate_name,
+    required_replicates,
+    write_predictions,
+)
 
 
 def make_poverty(root, rows_per_country=170, seed=0):

@@ -8,11 +8,11 @@ resumed run must equal an uninterrupted one bit for bit (the CdSprites runs draw
 randomness and could not tell).
 """
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
+from test_wilds_runner import assert_bitwise_equal, final_model, read_log
 from torch import nn
 from wilds.common.grouper import CombinatorialGrouper
 from wilds.common.metrics.all_metrics import Accuracy
@@ -24,8 +24,6 @@ from gradmatch.wilds.compat import ensure_torch_scatter
 from gradmatch.wilds.models import register_model
 from gradmatch.wilds.predictions import read_predictions
 from gradmatch.wilds.transforms import register_transform
-
-from test_wilds_runner import assert_bitwise_equal, final_model, read_log, without_timing
 
 DIM = 8
 

@@ -214,9 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args) -> None:
     if args.threads is not None and args.threads < 1:
         raise ValueError(f"--threads must be an integer >= 1, got {args.threads}")
-    from .wilds.runner import Run, RunConfig
-
     import torch
+
+    from .wilds.runner import Run, RunConfig
 
     if args.threads is not None:
         torch.set_num_threads(args.threads)
@@ -270,6 +270,7 @@ def _demo(args) -> None:
 
 def _evaluate(args) -> None:
     from runkit.jsonio import dumps
+
     from .wilds.predictions import evaluate_predictions
 
     out = evaluate_predictions(args.predictions, args.dataset, root_dir=args.root_dir,
@@ -284,7 +285,8 @@ PRESET_COLUMNS = {
     "lr": lambda p: f"{p.optimizer_kwargs['lr']:g}", "batch": lambda p: str(p.batch_size),
     "meta_lr": lambda p: f"{p.meta_lr:g}", "meta_steps": lambda p: "all" if p.meta_steps is None else str(p.meta_steps),
     "warmup": lambda p: str(p.erm_warmup_steps), "epochs": lambda p: str(p.epochs),
-    "inner_state": lambda p: p.inner_optimizer_state, "selection": lambda p: f"{p.selection_metric} on {p.selection_split}",
+    "inner_state": lambda p: p.inner_optimizer_state,
+    "selection": lambda p: f"{p.selection_metric} on {p.selection_split}",
     "domains": lambda p: ("x".join(p.groupby_fields) if p.domain_scheme != "identity_x_y"
                           else f"{len(p.groupby_fields) - 1} identities x {p.groupby_fields[-1]}"),
 }

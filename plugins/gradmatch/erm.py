@@ -10,7 +10,6 @@ from .backend import LOCAL, Backend
 from .gip import gradient_inner_product
 from .losses import LossFn, check_finite, cross_entropy_loss
 
-
 OptimizerFactory = Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer]
 
 

@@ -25,9 +25,8 @@ from torch import nn
 from .backend import LOCAL, Backend
 from .choices import STEP_SIZES
 from .erm import OptimizerFactory, erm_update
-from .losses import LossFn, check_finite, cross_entropy_loss
 from .gip import gradient_inner_product
-
+from .losses import LossFn, check_finite, cross_entropy_loss
 
 #: the meta step ``eps`` of each convention
 STEP_SIZE_CONVENTIONS = tuple(STEP_SIZES)

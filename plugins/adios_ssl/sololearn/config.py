@@ -37,8 +37,18 @@ from typing import Any, Collection, Dict, FrozenSet, Iterable, Mapping, Optional
 import omegaconf
 from omegaconf import OmegaConf
 
-from ..choices import (BASELINE_GENERATORS, GROUPS, MAE_PATCH, MASKED_VIEWS, NORMS, PAIR_KINDS,
-                       SINGLE_MASK_CHOICES, UNET_BLOCKS, unet_depth, unet_problem)
+from ..choices import (
+    BASELINE_GENERATORS,
+    GROUPS,
+    MAE_PATCH,
+    MASKED_VIEWS,
+    NORMS,
+    PAIR_KINDS,
+    SINGLE_MASK_CHOICES,
+    UNET_BLOCKS,
+    unet_depth,
+    unet_problem,
+)
 
 GENERATORS = ("adversarial",) + BASELINE_GENERATORS
 COMPUTATIONS = ("batched", "looped")

@@ -14,8 +14,7 @@ import torch
 from omegaconf import OmegaConf
 from solo.methods.base import BaseMethod, BaseMomentumMethod
 
-from .config import (MOMENTUM_DEFAULTS, SHIPPED_METHODS, SIMSIAM_DEFAULTS,  # noqa: F401 (re-exported)
-                     ADIOSConfigError, adios_cfg, parent_keys_of)
+from .config import MOMENTUM_DEFAULTS, SHIPPED_METHODS, SIMSIAM_DEFAULTS, ADIOSConfigError, adios_cfg, parent_keys_of  # noqa: F401 (re-exported)
 from .mixin import ADIOSMixin
 
 

@@ -75,7 +75,8 @@ def check_args(argv: Sequence[str]) -> None:
     bad = [e for e in test_envs if not 0 <= e < n_envs]
     if bad:
         raise ValueError(f"--test_envs {bad[0]} is not an environment of {args.dataset}, whose "
-                         f"environments are 0-{n_envs - 1} ({', '.join(datasets.get_dataset_class(args.dataset).ENVIRONMENTS)})")
+                         f"environments are 0-{n_envs - 1} "
+                         f"({', '.join(datasets.get_dataset_class(args.dataset).ENVIRONMENTS)})")
     if hparams_seed == 0:
         hparams = hparams_registry.default_hparams(args.algorithm, args.dataset)
     else:

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from runkit.jsonio import write_json
+
 from .core import Experiment, Job, Report, python_module, threads_env
 
 NAME = "adios"

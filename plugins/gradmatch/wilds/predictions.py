@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from runkit.jsonio import write_json
+
 from .compat import apply_compat, get_wilds_dataset
 from .manifest import check_dataset, check_kwargs, read_manifest
 

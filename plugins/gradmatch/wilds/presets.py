@@ -121,7 +121,8 @@ PRESETS: Dict[str, Preset] = {
         groupby_fields=("hospital",),  # fish:src/models/camelyon.py:42 domain_idx=0
         domain_scheme="combinatorial",
         eval_every=None,  # fish:src/config.py:34 print_iters=-1
-        inner_optimizer_state="epoch",  # official reload_inner_optim=True, fish:src/config.py:33; fish:src/main.py train_fish
+        # official reload_inner_optim=True, fish:src/config.py:33; fish:src/main.py train_fish
+        inner_optimizer_state="epoch",
         eval_batch_size=32,  # fish:src/models/camelyon.py:56 (= train batch size)
         dataset_kwargs={},  # fish:src/models/camelyon.py:32 (defaults; same v1.0 data in wilds 2.0)
         transform="imagenet_224",  # fish:src/models/camelyon.py:34-38 (96 -> 224 px)
@@ -146,7 +147,8 @@ PRESETS: Dict[str, Preset] = {
         groupby_fields=("region", "year"),  # fish:src/models/datasets.py:98-102 metadata[:, :2]
         domain_scheme="combinatorial",
         eval_every=500,  # fish:src/config.py:18
-        inner_optimizer_state="epoch",  # official reload_inner_optim=True, fish:src/config.py:17; fish:src/main.py train_fish
+        # official reload_inner_optim=True, fish:src/config.py:17; fish:src/main.py train_fish
+        inner_optimizer_state="epoch",
         eval_batch_size=256,  # fish:src/models/fmow.py:51
         # choice: OOD val (wilds 2.0 default, leaderboard rule); wilds 1.1 used the ID val here.
         # It only changes what is logged: FMoW keeps the last checkpoint.
@@ -172,7 +174,8 @@ PRESETS: Dict[str, Preset] = {
         groupby_fields=("location",),  # fish:src/models/iwildcam.py:42 domain_idx=0
         domain_scheme="combinatorial",
         eval_every=500,  # fish:src/config.py:68
-        inner_optimizer_state="epoch",  # official reload_inner_optim=True, fish:src/config.py:67; fish:src/main.py train_fish
+        # official reload_inner_optim=True, fish:src/config.py:67; fish:src/main.py train_fish
+        inner_optimizer_state="epoch",
         eval_batch_size=256,  # fish:src/models/iwildcam.py:56
         dataset_kwargs={},  # fish:src/models/iwildcam.py:32 (v2.0 data in both wilds 1.1 and 2.0)
         transform="imagenet_224",  # fish:src/models/iwildcam.py:35-39
@@ -196,7 +199,8 @@ PRESETS: Dict[str, Preset] = {
         groupby_fields=("country",),  # fish:src/models/datasets.py:24,34
         domain_scheme="combinatorial",
         eval_every=None,  # fish:src/config.py:51 print_iters=-1
-        inner_optimizer_state="epoch",  # official reload_inner_optim=True, fish:src/config.py:50; fish:src/main.py train_fish
+        # official reload_inner_optim=True, fish:src/config.py:50; fish:src/main.py train_fish
+        inner_optimizer_state="epoch",
         eval_batch_size=256,  # fish:src/models/poverty.py:69
         # fish:src/models/poverty.py:49-52. choice: wilds 2.0 removed oracle_training_set; its False
         # is split_scheme="official" (= "countries"). The official code always trains fold A; the
@@ -227,7 +231,8 @@ PRESETS: Dict[str, Preset] = {
         groupby_fields=CIVIL_IDENTITY_FIELDS + ("y",),
         domain_scheme="identity_x_y",
         eval_every=500,  # fish:src/config.py:102
-        inner_optimizer_state="epoch",  # official reload_inner_optim=True, fish:src/config.py:101; fish:src/main.py train_fish
+        # official reload_inner_optim=True, fish:src/config.py:101; fish:src/main.py train_fish
+        inner_optimizer_state="epoch",
         eval_batch_size=256,  # fish:src/models/civil.py:86
         dataset_kwargs={},  # fish:src/models/civil.py:68 (defaults; v1.0 data in wilds 1.1 and 2.0)
         max_token_length=300,  # fish:src/models/civil.py:17
@@ -253,7 +258,8 @@ PRESETS: Dict[str, Preset] = {
         groupby_fields=("user",),  # fish:src/models/amazon.py:73 domain_idx=0
         domain_scheme="combinatorial",
         eval_every=500,  # fish:src/config.py:85
-        inner_optimizer_state="epoch",  # official reload_inner_optim=True, fish:src/config.py:84; fish:src/main.py train_fish
+        # official reload_inner_optim=True, fish:src/config.py:84; fish:src/main.py train_fish
+        inner_optimizer_state="epoch",
         eval_batch_size=256,  # fish:src/models/amazon.py:87
         # choice: wilds 2.0's default data version 2.1; the official runs (wilds 1.1) read v2.0,
         # reachable with dataset_kwargs={"version": "2.0"}.

@@ -45,12 +45,12 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from runkit.jsonio import dumps, write_json
 from runkit.provenance import provenance
 
 from .. import distributed as D
 from ..erm import ERM
 from ..fish import Fish
-from runkit.jsonio import dumps, write_json
 from . import presets as P
 from .checkpoint import RunLog, atomic_save, load_checkpoint, load_latest_checkpoint, rng_state, set_rng_state
 from .compat import apply_compat
@@ -58,8 +58,7 @@ from .console import DeferredInterrupt, progress_bar
 from .evaluation import Evaluator, Selection
 from .manifest import build_manifest, write_manifest
 from .predictions import replicate_name, write_predictions
-from .run_config import (EARLY_FILES, RunConfig, RunExistsError, RunInterrupted, RunWriteError,
-                         check_run_folder)
+from .run_config import EARLY_FILES, RunConfig, RunExistsError, RunInterrupted, RunWriteError, check_run_folder
 from .samplers import DomainBatchPlanner, PooledBatchPlanner
 
 
@@ -527,7 +526,8 @@ class Run:
             until = (f"--max-steps {self.cfg.max_steps}" if self.cfg.max_steps is not None
                      else f"--epochs {self.epochs}")
             raise RunExistsError(f"{self.out} holds a finished run (step {state['step']}, epoch "
-                                 f"{state['epoch']}) and {until} asks for no more: nothing to resume; to train it longer, "
+                                 f"{state['epoch']}) and {until} asks for no more: nothing to resume; "
+                                 "to train it longer, "
                                  "pass a larger --max-steps or --epochs with --resume")
         extending = summary.exists() and not finished
         # Optimizer state dicts carry their lr: apply this invocation's (e.g. a lowered --lr).
