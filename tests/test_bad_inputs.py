@@ -206,23 +206,18 @@ def work(tmp_path):
     return tmp_path
 
 
-def _domainbed_missing():
-    from gradmatch.domainbed.locate import DOMAINBED
-
+def _missing(entry, argv):
+    """Why ``entry`` cannot run here (no upstream checkout), or None."""
+    if entry == "gradmatch.domainbed.train":
+        from gradmatch.domainbed.locate import DOMAINBED as repo
+    elif entry == "adios-ssl" and argv[0] in ("pretrain", "linear"):
+        from adios_ssl.sololearn.locate import SOLO_LEARN as repo
+    else:
+        return None
     try:
-        DOMAINBED.find_checkout()
+        repo.find_checkout()
     except ImportError as err:
-        return str(err)
-    return None
-
-
-def _solo_learn_missing():
-    from adios_ssl.sololearn.locate import SOLO_LEARN
-
-    try:
-        SOLO_LEARN.find_checkout()
-    except ImportError as err:
-        return str(err)
+        return f"needs a {repo.name} checkout: {err}"
     return None
 
 
@@ -250,10 +245,9 @@ def test_the_table_has_at_least_40_bad_inputs():
 
 @pytest.mark.parametrize("entry,argv,expected", ROWS, ids=[f"{i:02d}" for i in range(len(ROWS))])
 def test_a_bad_input_gets_one_clear_line(entry, argv, expected, work, capsys, monkeypatch):
-    if entry == "adios-ssl" and argv[0] in ("pretrain", "linear") and _solo_learn_missing():
-        pytest.skip(f"needs a solo-learn checkout: {_solo_learn_missing()}")
-    if entry == "gradmatch.domainbed.train" and _domainbed_missing():
-        pytest.skip(f"needs a DomainBed checkout: {_domainbed_missing()}")
+    missing = _missing(entry, argv)
+    if missing:
+        pytest.skip(missing)
     monkeypatch.chdir(work)  # whatever a command would write into the working folder shows up
     def fill(text):
         return text.replace("{w}", str(work)).replace("{preds}", str(work / "preds"))
