@@ -273,3 +273,38 @@ def test_the_console_script_gives_the_same_line(work):
     assert [line for line in proc.stderr.splitlines() if "error:" in line] == [
         "gradmatch: error: --eval-every must be an integer >= 0, got -1"]
     assert snapshot(work) == before
+
+
+def test_wilds_flag_spellings_are_aliases():
+    """WILDS users' ``--root_dir``, ``--log_dir``, ``--n_epochs``, ``--val_metric`` mean ours."""
+    from gradmatch.cli import build_parser
+
+    parser = build_parser()
+    ours = parser.parse_args(["train", "--dataset", "cdsprites", "--out", "o", "--root-dir", "d",
+                              "--epochs", "3", "--selection-metric", "acc_wg"])
+    wilds = parser.parse_args(["train", "--dataset", "cdsprites", "--log_dir", "o", "--root_dir", "d",
+                               "--n_epochs", "3", "--val_metric", "acc_wg"])
+    assert vars(ours) == vars(wilds)
+    assert (ours.root_dir, ours.epochs, ours.selection_metric, ours.out) == ("d", 3, "acc_wg", "o")
+
+
+def test_help_names_every_subcommand_and_every_default():
+    import io
+    from contextlib import redirect_stdout
+
+    from gradmatch.cli import build_parser
+
+    parser = build_parser()
+    text = parser.format_help()
+    for name in ("demo", "train", "evaluate", "presets", "reproduce", "report", "domainbed"):
+        assert f"\n  {name} " in text, name
+    assert "``" not in text and "`" not in text.split("positional arguments")[0]
+    sub = parser._subparsers._group_actions[0].choices
+    for name, command in sub.items():
+        for action in command._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help, (name, action.option_strings)
+    out = io.StringIO()
+    with redirect_stdout(out), pytest.raises(SystemExit):
+        parser.parse_args(["train", "--help"])
+    assert "(default: 200)" in out.getvalue() and "(default: 32-true)" in out.getvalue()

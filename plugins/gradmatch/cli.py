@@ -9,7 +9,7 @@ subcommands:
   report     write the report of a reproduce folder
   domainbed  the DomainBed plugin: find or clone DomainBed, install the startup hook
 
-Run `gradmatch <subcommand> --help` for its options.
+Run gradmatch SUBCOMMAND --help for its options.
 """
 from __future__ import annotations
 
