@@ -1,6 +1,6 @@
 # Two entry points that work on a fresh Linux machine with Python 3.11 and no GPU:
 #   make demo   -> ERM vs Fish on CdSprites-N (no download, a few minutes on a CPU)
-#   make test   -> the lint gate, then the test suite
+#   make test   -> the lint gate, then the test suite (two pytest-xdist workers)
 # Both create (or reuse) the virtualenv .venv in this folder, with the versions the suite last
 # passed with (constraints.txt; `make constraints` refreshes it, see docs/testing.md).
 PYTHON ?= python3
@@ -28,8 +28,10 @@ demo: venv
 lint: venv
 	$(BIN)/ruff check .
 
+# Two workers on the 2 cores (the suite alone uses about one); a file's tests stay on one worker,
+# so module fixtures are built once and the multi-process tests keep their 2 processes.
 test: lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 bench: venv
 	$(BIN)/python benchmarks/fish_overhead.py
