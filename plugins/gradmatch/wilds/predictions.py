@@ -212,10 +212,8 @@ def evaluate_predictions(preds_dir, dataset_name: str = None, root_dir="data", o
     with_manifest = [m for m in manifests.values() if m]
     if with_manifest:
         splits = list(with_manifest[0]["splits"])
-    else:
-        first = dataset if dataset is not None else _load(name, root_dir, dict(
-            given, **({"fold": replicates[0].split(":")[1]} if by_fold else {})))
-        splits = [split for split in first.split_dict if split != "train"]
+    else:  # the first replicate's data (loaded once: dataset_for keeps it for the scoring)
+        splits = [split for split in dataset_for(replicates[0]).split_dict if split != "train"]
     files, missing = {}, []
     for replicate in replicates:
         for split in splits:
@@ -237,8 +235,10 @@ def evaluate_predictions(preds_dir, dataset_name: str = None, root_dir="data", o
             raise FileNotFoundError(f"{len(missing)} prediction file(s) missing in {folder}:\n  {listing}")
         warnings.warn(f"scoring replicates {used} only; missing in {folder}:\n  {listing}", stacklevel=2)
 
+    from .presets import source_defaults
+
     preset = _preset(name)
-    if (dataset is None and preset is not None and "data_seed" in _defaults_of(preset)
+    if (dataset is None and preset is not None and "data_seed" in source_defaults(preset)
             and "data_seed" not in given and not all(manifests[r] for r in used)):
         raise ValueError(f"{name} predictions without a manifest: name their data realisation, "
                          f"--dataset-kwargs '{{\"data_seed\": N, ...}}' (N = the training --seed unless "
@@ -260,12 +260,6 @@ def evaluate_predictions(preds_dir, dataset_name: str = None, root_dir="data", o
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         write_json(Path(output_dir) / f"{name}_results.json", results, indent=4)
     return {"dataset": name, "replicates": used, "results": results, "per_replicate": per_replicate}
-
-
-def _defaults_of(preset) -> dict:
-    from .presets import SOURCE_DEFAULTS
-
-    return SOURCE_DEFAULTS.get(preset.source, lambda p, s: {})(preset, 0)
 
 
 def _load(name: str, root_dir, kwargs: dict):

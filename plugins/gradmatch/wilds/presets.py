@@ -402,6 +402,12 @@ def register_source(name: str, loader: Callable[..., Any],
             table.pop(name, None)
 
 
+def source_defaults(preset: Preset, seed: int = 0) -> Dict[str, Any]:
+    """The keyword arguments the preset's source fills in from the run's seed
+    (:data:`SOURCE_DEFAULTS`; CdSprites' ``data_seed``), ``{}`` for most sources."""
+    return SOURCE_DEFAULTS.get(preset.source, lambda p, s: {})(preset, seed)
+
+
 def resolve_dataset_kwargs(preset: Union[str, Preset], seed: int = 0, replicate: Any = None,
                            **dataset_kwargs: Any) -> Dict[str, Any]:
     """Every keyword argument the preset's loader gets: the source's seed-derived defaults
@@ -415,8 +421,7 @@ def resolve_dataset_kwargs(preset: Union[str, Preset], seed: int = 0, replicate:
         if unknown:
             raise ValueError(f"--dataset-kwargs: {preset.dataset} takes no {', '.join(map(repr, unknown))}; "
                              f"it takes {', '.join(accepts)}")
-    defaults = SOURCE_DEFAULTS.get(preset.source, lambda p, s: {})(preset, seed)
-    kwargs = {**defaults, **preset.dataset_kwargs, **dataset_kwargs}
+    kwargs = {**source_defaults(preset, seed), **preset.dataset_kwargs, **dataset_kwargs}
     if preset.replicate == "fold" and replicate is not None:
         kwargs["fold"] = replicate
     return kwargs

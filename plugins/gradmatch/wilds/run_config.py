@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..choices import ALGORITHMS, INNER_OPTIMIZER_STATES, OPTIMIZER_NAMES, STEP_SIZES, WARMUP_HANDOFFS  # noqa: F401 (re-exported)
+from ..choices import ALGORITHMS, INNER_OPTIMIZER_STATES, OPTIMIZER_NAMES, STEP_SIZES, WARMUP_HANDOFFS
 
 
 @dataclass

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import random
@@ -448,6 +449,12 @@ class Run:
         self.warmup_best = None
         return {"epoch": 0, "pos": 0, "step": 0, "best": None}
 
+    @functools.cached_property
+    def provenance(self) -> dict:
+        """The code and engine of this run (:func:`runkit.provenance.provenance`: it reads git
+        commits in subprocesses, so once per run, for config.json and summary.json alike)."""
+        return provenance(self.device, self.world_size, self.cfg.precision)
+
     #: settings that change how a run is kept, not what it computes: left out of summary.json
     MECHANICS = ("out_dir", "checkpoint_every", "progress", "num_workers")
 
@@ -461,7 +468,7 @@ class Run:
         and engine (``provenance``); a resumed run adds what it changed to ``resumes``."""
         path = self.out / "config.json"
         current = {**self.resolved_config(), "given": dataclasses.asdict(self.cfg),
-                   "provenance": provenance(self.device, self.world_size, self.cfg.precision)}
+                   "provenance": self.provenance}
         resumes = []
         if step is not None and path.exists():
             saved = json.loads(path.read_text())
@@ -587,7 +594,7 @@ class Run:
         if self.warmup_best is not None:
             summary["warmup_selection"] = {**self.warmup_best, "handoff": self.cfg.warmup_handoff}
         summary["settings"] = self.settings()
-        summary["provenance"] = provenance(self.device, self.world_size, self.cfg.precision)
+        summary["provenance"] = self.provenance
         if self.is_global_zero:
             with self._writing():
                 folder = self.out / "predictions"
