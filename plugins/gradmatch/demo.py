@@ -25,7 +25,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
-from .reproduce.core import check_out_folder
+from runkit.paths import check_out_folder
+
 from .wilds.run_config import RunConfig
 
 ALGORITHMS = ("erm", "fish")

@@ -1,4 +1,5 @@
 """What the entry points of both packages (``gradmatch``, ``adios_ssl``) share, so that neither
 imports the other: strict JSON result files (:mod:`.jsonio`), the record of the code a run ran
-(:mod:`.provenance`) and the filters of known third-party warnings (:mod:`.quiet`).
+(:mod:`.provenance`), the filters of known third-party warnings (:mod:`.quiet`) and the checks
+of output folders (:mod:`.paths`).
 Plain Python: importing it imports no torch."""

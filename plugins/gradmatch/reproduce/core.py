@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from runkit.paths import check_out_folder
+
 MANIFEST = "reproduce.json"
 SCALES = ("cpu", "paper")
 STATES = ("done", "failed", "blocked", "resumable", "todo")   # what job_states reports, in this order
@@ -333,23 +335,6 @@ def launch_submitit(out: Path, jobs: Sequence[Job], retry_failed: bool = False,
 
 
 LAUNCHERS: Dict[str, Callable[..., Dict[str, str]]] = {"local": launch_local, "submitit": launch_submitit}
-
-
-def check_out_folder(out, flag: str = "--out") -> Path:
-    """``flag``'s folder must be one this user can create or write: not a file, not under a
-    file. ValueError (one line naming ``flag`` and the fix) otherwise; nothing is created."""
-    out = Path(out).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{flag} {out} is a file, not a folder; choose a folder path")
-    parent = out
-    while not parent.exists() and parent != parent.parent:
-        parent = parent.parent
-    if parent != out and not parent.is_dir():
-        raise ValueError(f"{flag} {out}: {parent} is a file, so no folder can be made under it; "
-                         f"choose another {flag}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"{flag} {out}: {parent} is not writable by this user; choose another {flag}")
-    return out
 
 
 def check_args(out, experiment: Experiment, scale: str, jobs: int = 1) -> None:

@@ -9,8 +9,10 @@ import shutil
 from pathlib import Path
 from typing import List, Optional
 
+from runkit.paths import check_out_folder
+
 from . import get_experiment
-from .core import check_out_folder, job_states, read_manifest, state_summary
+from .core import job_states, read_manifest, state_summary
 from .published import published_for
 
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
+
+from runkit.paths import check_out_folder
 
 from ..choices import ALGORITHMS, INNER_OPTIMIZER_STATES, OPTIMIZER_NAMES, STEP_SIZES, WARMUP_HANDOFFS
 
@@ -90,7 +91,7 @@ class RunConfig:
                              f"got {self.dataset_kwargs!r}")
         if self.eval_splits is not None and "train" in self.eval_splits:
             raise ValueError("--eval-splits: 'train' is not evaluated (every non-train split is); drop it")
-        check_out_dir(self.out_dir)
+        check_out_folder(self.out_dir)
         from ..distributed import check_precision
 
         check_precision(self.precision, self.accelerator)
@@ -118,21 +119,6 @@ RESUME_KEYS = ("dataset", "algorithm", "seed", "fold", "frac", "dataset_kwargs")
 EARLY_FILES = ("config.json", "config.json.tmp", "log.jsonl", "best_model.pt", "best_model.pt.tmp",
                "checkpoint.pt.tmp")
 CHECKPOINTS = ("checkpoint.pt", "checkpoint.prev.pt")
-
-
-def check_out_dir(out_dir: str) -> None:
-    """``--out`` must be a folder this user can create or write: not a file, not under a file."""
-    out = Path(out_dir).expanduser()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} is a file, not a folder; choose a folder path")
-    parent = out
-    while not parent.exists():
-        parent = parent.parent
-    if parent != out and not parent.is_dir():
-        raise ValueError(f"--out {out}: {parent} is a file, so no folder can be made under it; "
-                         "choose another --out")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"--out {out}: {parent} is not writable by this user; choose another --out")
 
 
 def stopped_early(out: Path) -> bool:
