@@ -75,6 +75,8 @@ ARMS: Tuple[Arm, ...] = (
     Arm("beit", "SimCLR+BEiT mask", ("++method_kwargs.mask_generator=beit",), True),
 )
 FLOOR = Arm("random_init", "random init (no pretraining)", (), False)
+#: ADIOS-s (the paper's sparse variant: one random mask of the N per image), for the epochs scale
+ADIOS_S = Arm("adios_s", "SimCLR+ADIOS-s", ("++method_kwargs.single_mask=true",), True)
 
 LINEAR_METRIC = "linear top-1 %"
 KNN_METRIC = "k-NN top-1 %"
@@ -107,10 +109,10 @@ CPU = CpuSettings()
 
 
 def _arm(key: str) -> Arm:
-    for arm in ARMS:
+    for arm in ARMS + (ADIOS_S,):
         if arm.key == key:
             return arm
-    raise ValueError(f"unknown arm {key!r}: choose from {[a.key for a in ARMS]}")
+    raise ValueError(f"unknown arm {key!r}: choose from {[a.key for a in ARMS + (ADIOS_S,)]}")
 
 
 def _run_name(arm: str, seed: int) -> str:
@@ -129,8 +131,10 @@ def _key_of(run: str) -> str:
     return run.split("_seed")[0]
 
 
-def _solo(script: str, marker: str, args: Sequence[str], link: Optional[str] = None) -> Tuple[str, ...]:
-    extra = ("--link", link) if link else ()
+def _solo(script: str, marker: str, args: Sequence[str], link: Optional[str] = None,
+          keep_epochs: Sequence[int] = ()) -> Tuple[str, ...]:
+    extra = (("--link", link) if link else ()) + (
+        ("--keep-epochs", ",".join(map(str, keep_epochs))) if keep_epochs else ())
     return python_module(f"gradmatch.reproduce.{NAME}", "solo", script, "--marker", marker, *extra,
                          "--", *args)
 
@@ -186,17 +190,22 @@ def recorded_source(out: Path) -> Optional[str]:
     return None if not split else split.get("src")
 
 
-def cpu_jobs(out: Path, settings: CpuSettings = CPU, data_dir: Optional[str] = None) -> List[Job]:
-    """The cpu scale's jobs for ``settings`` (tests pass tiny settings). The PACS folder is
-    ``data_dir``, else the one an earlier split of ``out`` used, else :func:`source_pacs_dir`
-    (which raises, naming the fix, when there is none)."""
+IMAGE_CACHE = "cache/images.pt"
+
+
+def data_jobs(out: Path, settings, data_dir: Optional[str] = None) -> List[Job]:
+    """The split of PACS into ``<out>/data`` and the random-init floor's probe, which every
+    scale run on PACS starts with. The PACS folder is ``data_dir``, else the one an earlier
+    split of ``out`` used, else :func:`source_pacs_dir` (which raises, naming the fix, when
+    there is none). ``settings`` has ``test_fraction``, ``split_seed``, ``max_per_group`` and
+    ``crop``."""
     out = Path(out).resolve()
     src = data_dir or recorded_source(out) or str(source_pacs_dir())
     split_args = [src, "data", "--test-fraction", str(settings.test_fraction),
                   "--seed", str(settings.split_seed)]
     if settings.max_per_group:
         split_args += ["--max-per-group", str(settings.max_per_group)]
-    cache = "cache/images.pt"
+    cache = IMAGE_CACHE
     # the random-init floor first: it fills the cache of decoded test/train images that every
     # probe reads, while the longest pretraining (ADIOS) runs beside it
     floor = Job(f"probe/{FLOOR.key}", python_module(
@@ -204,8 +213,27 @@ def cpu_jobs(out: Path, settings: CpuSettings = CPU, data_dir: Optional[str] = N
         "--seed", "0", "--out", f"probes/{FLOOR.key}.json", "--image-cache", cache,
         "--label", FLOOR.label), done=f"probes/{FLOOR.key}.json", env=THREADS, after=("split",),
         minutes=0.6)
-    jobs = [Job("split", python_module("adios_ssl.split", *split_args), done="data/split.json",
+    return [Job("split", python_module("adios_ssl.split", *split_args), done="data/split.json",
                 env=THREADS, minutes=0.2), floor]
+
+
+def pretrain_args(out: Path, run: str, arm: Arm, seed: int, epochs: int, settings) -> Tuple[str, ...]:
+    """solo-learn's ``main_pretrain.py`` arguments of ``arm`` at ``seed`` for ``epochs``: the
+    cpu config, the split's train images, the crop and batch of ``settings`` and its extra
+    overrides."""
+    return ("--config-path", CONFIGS, "--config-name", CPU_CONFIG,
+            f"data.train_path={Path(out).resolve() / 'data' / 'train'}", f"max_epochs={epochs}",
+            f"augmentations.0.crop_size={settings.crop}",
+            f"optimizer.batch_size={settings.batch}", "data.num_workers=0",
+            f"++seed={seed}", f"name=pacs-{run}") + arm.overrides + tuple(settings.extra)
+
+
+def cpu_jobs(out: Path, settings: CpuSettings = CPU, data_dir: Optional[str] = None) -> List[Job]:
+    """The cpu scale's jobs for ``settings`` (tests pass tiny settings); the PACS folder as in
+    :func:`data_jobs`."""
+    out = Path(out).resolve()
+    jobs = data_jobs(out, settings, data_dir)
+    cache = IMAGE_CACHE
     steps = settings.epochs * (settings.train_images // settings.batch)
     probes = []
     for key in settings.arms:
@@ -213,11 +241,7 @@ def cpu_jobs(out: Path, settings: CpuSettings = CPU, data_dir: Optional[str] = N
         for seed in settings.seeds:
             run = _run_name(key, seed)
             folder = f"arms/{run}"
-            args = ("--config-path", CONFIGS, "--config-name", CPU_CONFIG,
-                    f"data.train_path={out / 'data' / 'train'}", f"max_epochs={settings.epochs}",
-                    f"augmentations.0.crop_size={settings.crop}",
-                    f"optimizer.batch_size={settings.batch}", "data.num_workers=0",
-                    f"++seed={seed}", f"name=pacs-{run}") + arm.overrides + tuple(settings.extra)
+            args = pretrain_args(out, run, arm, seed, settings.epochs, settings)
             jobs.append(Job(f"pretrain/{run}", _solo("pretrain", "pretrain.json", args, "final.ckpt"),
                             done=f"{folder}/pretrain.json", cwd=folder, env=THREADS, after=("split",),
                             minutes=round(0.25 + steps * settings.step_seconds.get(key, 1.0) / 60, 1)))
@@ -378,6 +402,10 @@ def _method_of(config: str) -> str:
 def jobs(scale: str, out: Path) -> List[Job]:
     if scale == "cpu":
         return cpu_jobs(out)
+    if scale == "cpu-epochs":
+        from .adios_epochs import epochs_jobs
+
+        return epochs_jobs(out)
     if scale == "paper":
         return paper_jobs(out)
     raise ValueError(f"adios: unknown scale {scale!r}")
@@ -397,6 +425,10 @@ def _fmt(value: Optional[float], digits: int = 1) -> str:
 
 
 def report(out: Path, scale: str) -> Report:
+    if scale == "cpu-epochs":
+        from .adios_epochs import epochs_report
+
+        return epochs_report(Path(out))
     return cpu_report(Path(out)) if scale == "cpu" else paper_report(Path(out))
 
 
@@ -656,6 +688,12 @@ EXPERIMENT = Experiment(
                 "frozen-feature linear and k-NN probes on the test images, overall and per "
                 "domain, plus a random-init floor. About 35-40 CPU-minutes per seed (2 jobs at a "
                 "time on 2 cores: about 22 minutes per seed); ADIOS is 2-3 times a SimCLR step"),
+        "cpu-epochs": ("the cpu scale's PACS split, recipe and probes; SimCLR, SimCLR+ADIOS and "
+                       "SimCLR+ADIOS-s (one random mask of N=4 per image) pretrained for 10 epochs "
+                       "at 32 px, one seed, each probed after epochs 2, 5 and 10 (the kept "
+                       "checkpoints of one 10-epoch run), plus the random-init floor. About 1.8 "
+                       "CPU-hours (2 jobs at a time on 2 cores: about 1 hour); resumable from the "
+                       "last finished epoch"),
         "paper": ("the paper's runs on GPUs: ImageNet100-S and STL-10 (ResNet-18: SimCLR, BYOL, "
                   "SimSiam + ADIOS; ViT-Tiny: the official vittiny scripts as overrides) and "
                   "ImageNet-100 ADIOS-s, each followed by main_linear.py (30 jobs; set "
@@ -715,8 +753,62 @@ def _checkpoint_dir(args: Sequence[str]) -> str:
     return "trained_models"
 
 
-def run_solo(script: str, marker: Path, args: Sequence[str], link: Optional[Path] = None) -> int:
-    """Run ``adios-ssl <script> ARGS`` here, then write ``marker`` (see the module docstring)."""
+def _epoch_of(ckpt: Path) -> int:
+    """The epoch index in a solo-learn checkpoint name (``...-ep=4.ckpt`` -> 4; -1 if none)."""
+    found = re.search(r"ep=(\d+)\.ckpt$", ckpt.name)
+    return int(found.group(1)) if found else -1
+
+
+def keep_epochs_args(cwd: Path, args: Sequence[str]) -> List[str]:
+    """The overrides that keep every epoch's checkpoint and resume from the latest one.
+
+    solo-learn deletes the previous checkpoint unless ``checkpoint.keep_prev``; with it kept,
+    its AutoResumer resumes from whichever ``.ckpt`` a folder lists first
+    (``solo/utils/auto_resumer.py``: ``[... if f.endswith(".ckpt")][0]``), which need not be the
+    last. So auto-resume is switched off and the latest epoch's checkpoint, when there is one,
+    is passed as ``resume_from_checkpoint``."""
+    extra = ["++checkpoint.keep_prev=true", "auto_resume.enabled=false"]
+    found = sorted((cwd / _checkpoint_dir(args)).glob("*/*/*.ckpt"), key=_epoch_of)
+    if found:
+        extra.append(f"++resume_from_checkpoint='{found[-1].resolve()}'")  # quoted: the name has '='
+    return extra
+
+
+def link_epochs(cwd: Path, args: Sequence[str], epochs: Sequence[int]) -> Dict[int, str]:
+    """``epoch<e>.ckpt`` in ``cwd`` linked to the checkpoint written after ``e`` epochs (solo-learn
+    numbers them from 0: ``ep=<e-1>``), for each ``e``; the other epochs' checkpoints but the
+    last are deleted. Raises FileNotFoundError naming a missing epoch."""
+    found: Dict[int, Path] = {}
+    for ckpt in sorted((cwd / _checkpoint_dir(args)).glob("*/*/*.ckpt"), key=lambda p: p.stat().st_mtime):
+        found[_epoch_of(ckpt)] = ckpt   # the newest file of an epoch (a resumed run may rewrite it)
+    linked = {}
+    for e in epochs:
+        if e - 1 not in found:
+            raise FileNotFoundError(f"no checkpoint of epoch {e} (ep={e - 1}) under {cwd / _checkpoint_dir(args)}")
+        _symlink(found[e - 1], cwd / f"epoch{e}.ckpt")
+        linked[e] = str(found[e - 1])
+    last = max(found)
+    keep = {str(p) for p in linked.values()} | {str(found[last])}
+    for ckpt in (cwd / _checkpoint_dir(args)).glob("*/*/*.ckpt"):
+        if str(ckpt) not in keep:
+            ckpt.unlink()
+    return linked
+
+
+def _symlink(target: Path, link: Path) -> None:
+    """``link`` -> ``target`` (relative), replaced atomically."""
+    tmp = link.with_name(link.name + ".tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    tmp.symlink_to(os.path.relpath(target.resolve(), link.resolve().parent))
+    tmp.replace(link)
+
+
+def run_solo(script: str, marker: Path, args: Sequence[str], link: Optional[Path] = None,
+             keep_epochs: Sequence[int] = ()) -> int:
+    """Run ``adios-ssl <script> ARGS`` here, then write ``marker`` (see the module docstring).
+    ``keep_epochs``: pretraining keeps the checkpoints after those epochs, linked as
+    ``epoch<e>.ckpt`` (:func:`link_epochs`), and resumes from its latest checkpoint."""
     import resource
     import subprocess
     import time
@@ -727,6 +819,8 @@ def run_solo(script: str, marker: Path, args: Sequence[str], link: Optional[Path
         print(f"gradmatch reproduce adios: {err.args[0]}", file=sys.stderr)
         return 2
     cwd = Path.cwd()
+    if keep_epochs:
+        args = list(args) + keep_epochs_args(cwd, args)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.time()
     rc = subprocess.call([sys.executable, "-m", "adios_ssl.cli", script, *args])
@@ -737,7 +831,9 @@ def run_solo(script: str, marker: Path, args: Sequence[str], link: Optional[Path
         return rc
     metrics = _last_metrics(cwd)
     if script == "pretrain":
-        ckpt = _newest(cwd / _checkpoint_dir(args), "*/*/*.ckpt")
+        found = sorted((cwd / _checkpoint_dir(args)).glob("*/*/*.ckpt"),
+                       key=lambda p: (_epoch_of(p), p.stat().st_mtime))
+        ckpt = found[-1] if found else None
         if ckpt is None:
             print(f"gradmatch reproduce adios: no checkpoint under {cwd / _checkpoint_dir(args)}",
                   file=sys.stderr)
@@ -751,11 +847,13 @@ def run_solo(script: str, marker: Path, args: Sequence[str], link: Optional[Path
             return 3
         if link is not None:
             link = Path(link)
-            tmp = link.with_name(link.name + ".tmp")
-            if tmp.is_symlink() or tmp.exists():
-                tmp.unlink()
-            tmp.symlink_to(os.path.relpath(ckpt.resolve(), link.resolve().parent))
-            tmp.replace(link)
+            _symlink(ckpt, link)
+        if keep_epochs:
+            try:
+                record["epoch_ckpts"] = link_epochs(cwd, args, keep_epochs)
+            except FileNotFoundError as err:
+                print(f"gradmatch reproduce adios: {err}", file=sys.stderr)
+                return 3
         record.update({"ckpt": str(ckpt), "link": None if link is None else str(link),
                        "epochs": epochs,
                        "masks": sorted(str(p) for p in (ckpt.parent / "masks").glob("*.png")),
@@ -784,8 +882,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     solo.add_argument("script", choices=("pretrain", "linear"))
     solo.add_argument("--marker", required=True, type=Path)
     solo.add_argument("--link", type=Path, default=None, help="symlink to the final checkpoint")
+    solo.add_argument("--keep-epochs", default="",
+                      help="comma-separated epochs whose checkpoints are kept as epoch<E>.ckpt")
     args = parser.parse_args(argv)
-    return run_solo(args.script, args.marker, rest, args.link)
+    keep = [int(e) for e in args.keep_epochs.split(",") if e.strip()]
+    return run_solo(args.script, args.marker, rest, args.link, keep)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 from runkit.paths import check_out_folder
 
 MANIFEST = "reproduce.json"
-SCALES = ("cpu", "paper")
+SCALES = ("cpu", "cpu-epochs", "paper")   # every experiment has cpu and paper
 STATES = ("done", "failed", "blocked", "resumable", "todo")   # what job_states reports, in this order
 
 
