@@ -10,14 +10,16 @@ import pytest
 
 from gradmatch import demo
 from gradmatch.cli import build_parser, main
-from gradmatch.reproduce import get_experiment
-from gradmatch.reproduce.collect_predictions import collect
-from gradmatch.reproduce.core import Job, check_args, launch_local, read_failure, write_manifest
-from gradmatch.reproduce.published import PUBLISHED, TRAINING_DOMAIN_VALIDATION
-from gradmatch.reproduce.report import published_table, write_report
-from gradmatch.reproduce.train_jobs import train_argv
 from gradmatch.wilds.presets import PRESETS
 from gradmatch.wilds.run_config import RunConfig
+from reproduction import get_experiment
+from reproduction.fish.collect_predictions import collect
+from reproduction.fish.train_jobs import train_argv
+from reproduction.folder import check_args, write_manifest
+from reproduction.jobs import Job, read_failure
+from reproduction.launch import launch_local
+from reproduction.published import PUBLISHED, TRAINING_DOMAIN_VALIDATION
+from reproduction.report import published_table, write_report
 
 
 def _parsed(cfg: RunConfig) -> RunConfig:
@@ -132,9 +134,9 @@ def test_published_table_sets_measured_values_beside_verified_sources():
 def test_wilds_cpu_experiment_end_to_end_scores_match_a_direct_computation(tmp_path, monkeypatch):
     """Every replicate trains, the predictions are collected in the leaderboard layout, `gradmatch
     evaluate` scores them, and the report's numbers equal accuracies computed here from the files."""
-    from gradmatch.reproduce import wilds as W
     from gradmatch.wilds.cdsprites import CdSpritesNDataset
     from gradmatch.wilds.predictions import read_predictions
+    from reproduction.fish import wilds as W
 
     monkeypatch.setattr(W, "CPU_STEPS", 6)
     monkeypatch.setattr(W, "CPU_DATASET_KWARGS", {"num_domains": 3, "data_seed": 0})
@@ -158,7 +160,7 @@ def test_wilds_cpu_experiment_end_to_end_scores_match_a_direct_computation(tmp_p
 def test_submitit_launcher_runs_jobs_in_dependency_waves(tmp_path, monkeypatch):
     """submitit's local executor (as on Slurm, one job per command): the second wave starts once
     the first is done, a failure is recorded and blocks its dependents."""
-    from gradmatch.reproduce.core import launch_submitit
+    from reproduction.launch import launch_submitit
 
     monkeypatch.setenv("GRADMATCH_SUBMITIT_EXECUTOR", "local")
     monkeypatch.setenv("GRADMATCH_SUBMITIT_FOLDER", str(tmp_path / "logs"))
@@ -183,7 +185,8 @@ def test_sigterm_stops_the_launcher_and_its_running_jobs(tmp_path):
     import time
 
     child = "import os, time; open('child.pid', 'w').write(str(os.getpid())); time.sleep(120)"
-    script = ("import sys; from pathlib import Path; from gradmatch.reproduce.core import Job, launch_local; "
+    script = ("import sys; from pathlib import Path; from reproduction.jobs import Job; "
+              "from reproduction.launch import launch_local; "
               f"launch_local(Path(sys.argv[1]), [Job('sleep', (sys.executable, '-c', {child!r}), 'never')])")
     launcher = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stderr=subprocess.DEVNULL)
     pid_file = tmp_path / "child.pid"

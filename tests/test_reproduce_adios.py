@@ -1,5 +1,5 @@
 """``gradmatch reproduce adios``: the PACS split, the frozen-feature probes, a tiny end-to-end run
-of the cpu scale through :func:`gradmatch.reproduce.core.launch_local`, and the paper-scale job
+of the cpu scale through :func:`reproduction.launch.launch_local`, and the paper-scale job
 list.
 
 The split and probe tests need neither solo-learn nor PACS (PACS is used when present); the
@@ -19,8 +19,10 @@ import pytest
 
 from adios_ssl import split as split_tool
 from adios_ssl.probe import accuracies, probe_features
-from gradmatch.reproduce import adios as experiment
-from gradmatch.reproduce.core import format_jobs, job_states, launch_local, write_manifest
+from reproduction import adios as experiment
+from reproduction.folder import write_manifest
+from reproduction.jobs import format_jobs, job_states
+from reproduction.launch import launch_local
 
 PACS = Path(os.environ.get("PACS_DIR") or Path(__file__).parents[1] / "../shared/data/PACS").resolve()
 
@@ -281,7 +283,7 @@ def mean_cell(v) -> str:
 def test_gradmatch_does_not_import_adios_ssl_at_import_time(tmp_path, pacs_env):
     import subprocess
 
-    code = ("import sys, gradmatch.reproduce as r; e = r.get_experiment('adios'); "
+    code = ("import sys, reproduction as r; e = r.get_experiment('adios'); "
             "e.jobs('cpu', __import__('pathlib').Path('x')); e.jobs('paper', __import__('pathlib').Path('x')); "
             "print('adios_ssl' in sys.modules or 'solo' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -390,3 +392,114 @@ def test_tiny_cpu_scale_end_to_end(tmp_path):
     assert "Honest note" in report.markdown and not report.data["missing"]
     # rerunning skips everything that is done
     assert set(launch_local(out, jobs, parallel=2, echo=messages.append).values()) == {"done"}
+
+
+# ----------------------------------------------------------------------------- cpu-epochs scale
+
+def _fake_ckpts(cwd: Path, layout: dict) -> dict:
+    """``cwd/trained_models/simclr_adios/<version>/run-<version>-ep=<e>.ckpt`` for
+    ``layout = {version: [epoch, ...]}``, each file's mtime set to ``1000 - epoch`` (older for
+    later epochs: an mtime or listing order would pick the wrong one); returns ``{epoch: path}``
+    of the last version holding each epoch."""
+    paths = {}
+    for version, epochs in layout.items():
+        folder = cwd / "trained_models" / "simclr_adios" / str(version)
+        folder.mkdir(parents=True, exist_ok=True)
+        for e in epochs:
+            path = folder / f"run-{version}-ep={e}.ckpt"
+            path.write_bytes(b"x")
+            os.utime(path, (1000 - e + version, 1000 - e + version))
+            paths[e] = path
+    return paths
+
+
+def test_keep_epochs_resumes_from_the_latest_epoch_with_an_override_hydra_parses(tmp_path):
+    """solo-learn's AutoResumer would resume from the first ``.ckpt`` a folder lists; with
+    every epoch kept the wrapper names the latest epoch itself, quoted (its name has ``=``)."""
+    from reproduction.adios.solo_job import keep_epochs_args
+
+    assert keep_epochs_args(tmp_path, []) == ["++checkpoint.keep_prev=true", "auto_resume.enabled=false"]
+    paths = _fake_ckpts(tmp_path, {0: [0, 1], 1: [2, 3]})
+    extra = keep_epochs_args(tmp_path, [])
+    assert extra[:2] == ["++checkpoint.keep_prev=true", "auto_resume.enabled=false"]
+    assert extra[2] == f"++resume_from_checkpoint='{paths[3].resolve()}'"
+    try:
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+    except ImportError:
+        pytest.skip("hydra (the `solo` extra) is not installed")
+    parsed = OverridesParser.create().parse_overrides(extra)
+    assert parsed[2].key_or_group == "resume_from_checkpoint"
+    assert parsed[2].value() == str(paths[3].resolve())
+
+
+def test_link_epochs_links_the_probed_epochs_and_prunes_the_rest(tmp_path):
+    """``epoch<e>.ckpt`` -> the checkpoint written after ``e`` epochs (``ep=<e-1>``), the newest
+    file of that epoch when a resumed run wrote it again; unprobed epochs but the last are
+    deleted; a missing epoch is an error naming it."""
+    from reproduction.adios.solo_job import link_epochs
+
+    paths = _fake_ckpts(tmp_path, {0: [0, 1, 2], 1: [2, 3, 4]})
+    linked = link_epochs(tmp_path, [], [1, 3, 5])
+    assert linked == {1: str(paths[0]), 3: str(paths[2]), 5: str(paths[4])}
+    assert paths[2].parent.name == "1"   # epoch 3 from the resumed run's folder
+    for e in (1, 3, 5):
+        assert (tmp_path / f"epoch{e}.ckpt").resolve() == paths[e - 1].resolve()
+    left = sorted(p.name for p in tmp_path.glob("trained_models/*/*/*.ckpt"))
+    assert left == ["run-0-ep=0.ckpt", "run-1-ep=2.ckpt", "run-1-ep=4.ckpt"]
+    with pytest.raises(FileNotFoundError, match="epoch 2 "):
+        link_epochs(tmp_path, [], [2])
+
+
+def test_epochs_scale_jobs(tmp_path, pacs_env):
+    """One pretraining per arm keeping the probed epochs, a probe of each kept checkpoint, the
+    arms differing only in their overrides; the probe epochs must include the last."""
+    from reproduction.adios.epochs import EPOCHS, EpochSettings, epochs_jobs
+
+    jobs = {j.name: j for j in epochs_jobs(tmp_path / "out")}
+    assert [n for n in jobs if n.startswith("pretrain/")] == ["pretrain/simclr", "pretrain/adios",
+                                                              "pretrain/adios_s"]
+    assert sorted(n for n in jobs if n.startswith("probe/")) == sorted(
+        ["probe/random_init"] + [f"probe/{a}_ep{e}" for a in ("simclr", "adios", "adios_s") for e in (2, 5, 10)])
+    argvs = {}
+    for arm in ("simclr", "adios", "adios_s"):
+        argv = jobs[f"pretrain/{arm}"].argv
+        assert argv[argv.index("--keep-epochs") + 1] == "2,5,10" and "max_epochs=10" in argv
+        argvs[arm] = {a for a in argv[argv.index("--") + 1:] if not a.startswith("name=")}
+        probe = jobs[f"probe/{arm}_ep5"]
+        assert probe.after == (f"pretrain/{arm}",) and f"arms/{arm}/epoch5.ckpt" in probe.argv
+    assert argvs["simclr"] - argvs["adios"] == {"method=simclr"}
+    assert argvs["adios_s"] - argvs["adios"] == {"++method_kwargs.single_mask=true"}
+    assert EPOCHS.epochs == 10 and EPOCHS.probe_epochs == (2, 5, 10) and EPOCHS.crop == 32
+    with pytest.raises(ValueError, match="include the last"):
+        epochs_jobs(tmp_path / "bad", EpochSettings(epochs=10, probe_epochs=(2, 5)))
+
+
+def test_epochs_report_gaps_to_simclr(tmp_path):
+    """The gap of each arm to SimCLR at each probed epoch is the difference of the probe files'
+    accuracies; a missing probe is listed; the plot is written."""
+    from reproduction.adios.epochs import epochs_report
+
+    rng = np.random.default_rng(1)
+    acc = {}
+    for arm in ("simclr", "adios", "adios_s"):
+        for e in (2, 5, 10):
+            acc[arm, e] = rng.uniform(20, 60, size=2).round(2)
+            _fake_probe(tmp_path, f"{arm}_ep{e}", *acc[arm, e])
+    _fake_probe(tmp_path, "random_init", 45.0, 44.0)
+    (tmp_path / "probes" / "adios_s_ep5.json").unlink()
+    report = epochs_report(tmp_path)
+    rows = {(r["key"], r["epoch"]): r for r in report.data["rows"]}
+    for arm in ("adios", "adios_s"):
+        for e in (2, 5, 10):
+            if (arm, e) == ("adios_s", 5):
+                assert (arm, e) not in rows
+                continue
+            assert rows[arm, e]["linear_gap"] == pytest.approx(acc[arm, e][0] - acc["simclr", e][0])
+            assert rows[arm, e]["knn_gap"] == pytest.approx(acc[arm, e][1] - acc["simclr", e][1])
+    assert rows["simclr", 2]["linear_gap"] is None
+    gap = acc["adios", 10][0] - acc["simclr", 10][0]
+    assert f"{acc['adios', 10][0]:.1f} ({gap:+.1f})" in report.markdown
+    assert report.data["missing"] == ["adios_s_ep5"]
+    assert report.compare[("PACS", "SimCLR+ADIOS (10 epochs)", experiment.LINEAR_METRIC)] == pytest.approx(
+        acc["adios", 10][0])
+    assert report.figures[0] == "adios_epochs.png" and (tmp_path / "adios_epochs.png").stat().st_size > 5_000

@@ -23,9 +23,11 @@ from pathlib import Path
 import pytest
 
 from gradmatch.domainbed import DomainBedNotFound, find_checkout
-from gradmatch.reproduce import core, get_experiment
-from gradmatch.reproduce import domainbed as experiment
-from gradmatch.reproduce.published import ORACLE_VALIDATION, TRAINING_DOMAIN_VALIDATION
+from reproduction import get_experiment
+from reproduction.fish import domainbed as experiment
+from reproduction.jobs import format_jobs, job_states, log_path, read_failure
+from reproduction.launch import launch_local, run_job
+from reproduction.published import ORACLE_VALIDATION, TRAINING_DOMAIN_VALIDATION
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_ROOT = (REPO / "../shared/data").resolve()
@@ -56,7 +58,7 @@ def domainbed():
         patch.setenv("DOMAINBED_DIR", str(checkout))
         patch.setenv("PYTHONPATH", os.pathsep.join([str(REPO / "plugins")] + [
             p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-        yield experiment._domainbed()
+        yield experiment.domainbed_modules()
 
 
 def _quiet(_line: str) -> None:
@@ -82,7 +84,7 @@ def test_paper_scale_lists_domainbeds_full_sweep(domainbed, tmp_path):
                    for d in experiment.DATASETS}
     assert per_dataset == {"ColoredMNIST": 3 * 6 * 60, "RotatedMNIST": 3 * 21 * 60}
     assert len(jobs) == sum(per_dataset.values()) == 4860
-    assert "4861 jobs" in core.format_jobs(tmp_path, [data_job] + jobs).splitlines()[-1]
+    assert "4861 jobs" in format_jobs(tmp_path, [data_job] + jobs).splitlines()[-1]
 
     # the same runs, folders and arguments as DomainBed's `sweep launch --data_dir data
     # --output_dir sweep/<dataset>` run in the output folder
@@ -99,7 +101,7 @@ def test_paper_scale_lists_domainbeds_full_sweep(domainbed, tmp_path):
     assert {job.argv[4:] for job in jobs} == expected
     assert len({job.done for job in jobs}) == len(jobs)
     for job in jobs:
-        assert job.argv[:4] == (sys.executable, "-m", "gradmatch.reproduce.domainbed", "train")
+        assert job.argv[:4] == (sys.executable, "-m", "reproduction.fish.domainbed.job", "train")
         assert "--steps" not in job.argv and "--checkpoint_freq" not in job.argv  # DomainBed's 5001 / 100
         output_dir = job.argv[job.argv.index("--output_dir") + 1]
         assert output_dir.startswith("sweep/") and job.done == f"{output_dir}/done"
@@ -107,7 +109,7 @@ def test_paper_scale_lists_domainbeds_full_sweep(domainbed, tmp_path):
     assert pickle.loads(pickle.dumps(jobs[0])) == jobs[0]  # submitit pickles (out, job)
 
     # the paper scale's data: symlinks to every digit
-    assert core.run_job(tmp_path, data_job) is None
+    assert run_job(tmp_path, data_job) is None
     raw = tmp_path / "data" / "MNIST" / "raw"
     assert all((raw / name).is_symlink() and (raw / name).resolve() == (MNIST_RAW / name).resolve()
                for name in experiment.MNIST_FILES)
@@ -157,7 +159,7 @@ def test_smoke_sweep_end_to_end_with_failure_and_partial_report(domainbed, tmp_p
     # a run that fails inside DomainBed, after it made the run's folder (a batch size of 0,
     # which DomainBed's loaders reject), and one that finishes: the report is partial
     broken = replace(jobs[1], argv=jobs[1].argv + ("--hparams", json.dumps({"batch_size": 0})))
-    states = core.launch_local(out, [jobs[0], broken, jobs[2]], parallel=2, echo=_quiet)
+    states = launch_local(out, [jobs[0], broken, jobs[2]], parallel=2, echo=_quiet)
     assert states == {jobs[0].name: "done", broken.name: "failed", jobs[2].name: "done"}
     partial = experiment.build_report(out, SMOKE, "smoke")
     assert [f["job"] for f in partial.data["failed_jobs"]] == [broken.name]
@@ -168,7 +170,7 @@ def test_smoke_sweep_end_to_end_with_failure_and_partial_report(domainbed, tmp_p
     assert "| - |" in partial.markdown
 
     # every run (the failed one retried: its incomplete folder is deleted first)
-    states = core.launch_local(out, jobs, parallel=2, retry_failed=True, echo=_quiet)
+    states = launch_local(out, jobs, parallel=2, retry_failed=True, echo=_quiet)
     assert set(states.values()) == {"done"}, states
     sweep_dir = out / experiment.SWEEP_DIR / "ColoredMNIST"
     for job in jobs[1:]:
@@ -211,7 +213,7 @@ def test_interrupted_run_is_rerun_from_scratch(domainbed, tmp_path):
     deletes it (DomainBed cannot resume) and the rerun writes each checkpoint once."""
     out = tmp_path / "out"
     subset, run = experiment.plan_jobs(INTERRUPTED, out)
-    assert core.run_job(out, subset) is None
+    assert run_job(out, subset) is None
     run_dir = out / Path(run.done).parent
     proc = subprocess.Popen(run.command(out), cwd=out, env={**os.environ, **run.env},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -223,12 +225,12 @@ def test_interrupted_run_is_rerun_from_scratch(domainbed, tmp_path):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not run.is_done(out) and _steps(run_dir)[0] == 0
-    assert core.job_states(out, [subset, run])[run.name] == "todo"
+    assert job_states(out, [subset, run])[run.name] == "todo"
 
-    states = core.launch_local(out, [subset, run], echo=_quiet)
+    states = launch_local(out, [subset, run], echo=_quiet)
     assert states[run.name] == "done"
     assert _steps(run_dir) == list(range(6))  # no record left over from the killed attempt
-    assert "deleted the incomplete run" in core.log_path(out, run).read_text()
+    assert "deleted the incomplete run" in log_path(out, run).read_text()
 
 
 def test_a_run_with_a_bad_argument_fails_in_one_line_and_writes_no_folder(domainbed, tmp_path):
@@ -238,10 +240,10 @@ def test_a_run_with_a_bad_argument_fails_in_one_line_and_writes_no_folder(domain
     out.mkdir()
     run = experiment.plan_jobs(SMOKE, out)[1]
     broken = replace(run, argv=run.argv + ("--algorithm", "NoSuchAlgorithm"), after=())
-    why = core.run_job(out, broken)
+    why = run_job(out, broken)
     assert why == "exit status 2"
-    line = core.read_failure(out, broken)
+    line = read_failure(out, broken)
     assert line.startswith("exit status 2: gradmatch: error: --algorithm NoSuchAlgorithm is not a "
                            "DomainBed algorithm: choose one of ERM,")
-    assert "Traceback" not in core.log_path(out, broken).read_text()
+    assert "Traceback" not in log_path(out, broken).read_text()
     assert not (out / Path(run.done).parent).exists()

@@ -174,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("presets", "print the official Fish hyperparameters per dataset")
 
-    from .reproduce import experiment_names
-    from .reproduce.core import LAUNCHERS, SCALES
+    from reproduction import experiment_names
+    from reproduction.folder import SCALES
+    from reproduction.launch import LAUNCHERS
 
     rep = command("reproduce", "run one of the papers' experiments (resumable), then write its report")
     rep.add_argument("experiment", choices=experiment_names(), help="the experiment")
@@ -315,9 +316,11 @@ def _presets(args) -> None:
 def _reproduce(args) -> None:
     from pathlib import Path
 
-    from .reproduce import get_experiment
-    from .reproduce.core import LAUNCHERS, check_args, format_jobs, read_failure, write_manifest
-    from .reproduce.report import write_report
+    from reproduction import get_experiment
+    from reproduction.folder import check_args, write_manifest
+    from reproduction.jobs import format_jobs, read_failure
+    from reproduction.launch import LAUNCHERS
+    from reproduction.report import write_report
 
     experiment = get_experiment(args.experiment)
     out = Path(args.out)
@@ -341,7 +344,7 @@ def _reproduce(args) -> None:
 
 
 def _report(args) -> None:
-    from .reproduce.report import write_report
+    from reproduction.report import write_report
 
     print(f"wrote {write_report(args.out, args.copy_to)}")
 

@@ -1,5 +1,5 @@
 """The known third-party warnings filtered in gradmatch's entry points (``gradmatch``,
-``python -m gradmatch.domainbed.train`` and ``.sweep``, ``python -m gradmatch.reproduce.domainbed``):
+``python -m gradmatch.domainbed.train`` and ``.sweep``, ``python -m reproduction.fish.domainbed.job``):
 those of :mod:`runkit.quiet` (torchmetrics' and ``outdated``'s ``pkg_resources`` notice, timm's
 import-path FutureWarnings, loky's leaked semaphores)."""
 from __future__ import annotations

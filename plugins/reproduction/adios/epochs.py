@@ -8,7 +8,7 @@ each arm gives three points of one run (a 10-epoch cosine schedule probed on the
 three runs of 2, 5 and 10 epochs).
 
 Resumable: a pretraining that dies resumes from its latest epoch's checkpoint
-(:func:`gradmatch.reproduce.adios.keep_epochs_args`); finished jobs are skipped.
+(:func:`reproduction.adios.solo_job.keep_epochs_args`); finished jobs are skipped.
 """
 from __future__ import annotations
 
@@ -17,22 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from .adios import (
-    ADIOS_S,
-    DATASET,
-    FLOOR,
-    IMAGE_CACHE,
-    KNN_METRIC,
-    LINEAR_METRIC,
-    THREADS,
-    _arm,
-    _fmt,
-    _read,
-    _solo,
-    data_jobs,
-    pretrain_args,
-)
-from .core import Job, Report, python_module
+from ..jobs import Job, Report, python_module
+from .arms import ADIOS_S, DATASET, FLOOR, KNN_METRIC, LINEAR_METRIC, THREADS, arm_by_key, fmt, read_json, solo_command
+from .cpu import pretrain_args
+from .pacs import IMAGE_CACHE, data_jobs
 
 SCALE = "cpu-epochs"
 BASELINE = "simclr"
@@ -78,10 +66,10 @@ def epochs_jobs(out: Path, settings: EpochSettings = EPOCHS, data_dir: Optional[
     steps = settings.epochs * (settings.train_images // settings.batch)
     probes = []
     for key in settings.arms:
-        arm = _arm(key)
+        arm = arm_by_key(key)
         folder = f"arms/{key}"
         args = pretrain_args(out, key, arm, settings.seed, settings.epochs, settings)
-        jobs.append(Job(f"pretrain/{key}", _solo("pretrain", "pretrain.json", args, "final.ckpt",
+        jobs.append(Job(f"pretrain/{key}", solo_command("pretrain", "pretrain.json", args, "final.ckpt",
                                                  settings.probe_epochs),
                         done=f"{folder}/pretrain.json", cwd=folder, env=THREADS, after=("split",),
                         minutes=round(0.25 + steps * settings.step_seconds.get(key, 1.0) / 60, 1)))
@@ -102,19 +90,19 @@ def epochs_report(out: Path, settings: EpochSettings = EPOCHS) -> Report:
     """Probe accuracy of each arm after each probed epoch, the gap of each arm to SimCLR, the
     random-init floor, CPU time, a plot against epochs and the mask pictures."""
     out = Path(out)
-    manifest = _read(out / "reproduce.json") or {}
+    manifest = read_json(out / "reproduce.json") or {}
     names = [j.split("/", 1)[1] for j in manifest.get("jobs", []) if j.startswith("pretrain/")]
     arms = names or list(settings.arms)
     probe_jobs = [j.split("/", 1)[1] for j in manifest.get("jobs", []) if j.startswith("probe/")]
     epochs = sorted({int(n.rsplit("_ep", 1)[1]) for n in probe_jobs if "_ep" in n}) or list(
         settings.probe_epochs)
-    floor = _read(out / "probes" / f"{FLOOR.key}.json")
+    floor = read_json(out / "probes" / f"{FLOOR.key}.json")
     rows, missing = [], []
     for key in arms:
-        arm = _arm(key)
-        pre = _read(out / "arms" / key / "pretrain.json")
+        arm = arm_by_key(key)
+        pre = read_json(out / "arms" / key / "pretrain.json")
         for epoch in epochs:
-            probe = _read(out / "probes" / f"{probe_name(key, epoch)}.json")
+            probe = read_json(out / "probes" / f"{probe_name(key, epoch)}.json")
             if probe is None:
                 missing.append(probe_name(key, epoch))
                 continue
@@ -142,19 +130,19 @@ def epochs_report(out: Path, settings: EpochSettings = EPOCHS) -> Report:
         for k in ("linear", "knn"):
             for e in epochs:
                 r = by.get((key, e))
-                cells.append("-" if r is None else _fmt(r[k]) + (
+                cells.append("-" if r is None else fmt(r[k]) + (
                     "" if r[f"{k}_gap"] is None else f" ({r[f'{k}_gap']:+.1f})"))
-        lines.append("| " + " | ".join([_arm(key).label] + cells) + " |")
+        lines.append("| " + " | ".join([arm_by_key(key).label] + cells) + " |")
     if floor:
-        lines.append("| " + " | ".join([FLOOR.label] + [_fmt(floor["linear"]["overall"])] * len(epochs)
-                                        + [_fmt(floor["knn"]["overall"])] * len(epochs)) + " |")
+        lines.append("| " + " | ".join([FLOOR.label] + [fmt(floor["linear"]["overall"])] * len(epochs)
+                                        + [fmt(floor["knn"]["overall"])] * len(epochs)) + " |")
     lines += ["", "Pretraining cost (whole run, all epochs):", "",
               "| arm | epochs | CPU-min | wall-min |", "|---|---|---|---|"]
     for key in arms:
-        pre = _read(out / "arms" / key / "pretrain.json")
-        lines.append(f"| {_arm(key).label} | {'-' if pre is None else pre.get('epochs')} | "
-                     f"{'-' if pre is None else _fmt(pre['cpu_s'] / 60)} | "
-                     f"{'-' if pre is None else _fmt(pre['wall_s'] / 60)} |")
+        pre = read_json(out / "arms" / key / "pretrain.json")
+        lines.append(f"| {arm_by_key(key).label} | {'-' if pre is None else pre.get('epochs')} | "
+                     f"{'-' if pre is None else fmt(pre['cpu_s'] / 60)} | "
+                     f"{'-' if pre is None else fmt(pre['wall_s'] / 60)} |")
     if rows:
         n_test = rows[0]["n_test"]
         se = 100 * math.sqrt(0.25 / n_test)

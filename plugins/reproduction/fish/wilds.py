@@ -17,11 +17,12 @@ import os
 from pathlib import Path
 from typing import List
 
-from .. import demo
-from ..wilds.presets import PRESETS
-from ..wilds.run_config import RunConfig
+from gradmatch import demo
+from gradmatch.wilds.presets import PRESETS
+from gradmatch.wilds.run_config import RunConfig
+
+from ..jobs import Experiment, Job, Report, failed_path, python_module, read_failure
 from .cdsprites import cpu_minutes
-from .core import Experiment, Job, Report, failed_path, python_module, read_failure
 from .train_jobs import evaluate_job, train_job
 
 CPU_DATASET_KWARGS = {"num_domains": 15, "data_seed": 0}   # one dataset; replicates are training seeds
@@ -32,7 +33,7 @@ DATA_ENV = "GRADMATCH_WILDS_DATA"
 
 
 def _collect_job(name: str, dest: str, dataset: str, runs: List[str], after: List[str]) -> Job:
-    return Job(name=name, argv=python_module("gradmatch.reproduce.collect_predictions", dest, *runs),
+    return Job(name=name, argv=python_module("reproduction.fish.collect_predictions", dest, *runs),
                done=f"{dest}/{dataset}/manifest.json", after=tuple(after), minutes=0.1)
 
 

@@ -12,7 +12,8 @@ from typing import List, Optional
 from runkit.paths import check_out_folder
 
 from . import get_experiment
-from .core import job_states, read_manifest, state_summary
+from .folder import read_manifest
+from .jobs import job_states, state_summary
 from .published import published_for
 
 
@@ -22,7 +23,7 @@ def published_table(experiment: str, compare: dict) -> List[str]:
     rows = published_for(experiment)
     if not rows:
         return ["No published number for this experiment could be verified from a primary source, so "
-                "none is shown (see `gradmatch/reproduce/published.py`)."]
+                "none is shown (see `reproduction/published.py`)."]
     lines = ["| dataset | method | metric | published | measured here | source | verified |",
              "|---|---|---|---|---|---|---|"]
     for p in rows:
@@ -39,7 +40,7 @@ def write_report(out: Path, copy_to: Optional[Path] = None) -> Path:
     the figures there (for committing). Returns the markdown's path.
 
     Checked before anything is written: ``out`` is a ``gradmatch reproduce`` folder
-    (:func:`~gradmatch.reproduce.core.read_manifest`), ``copy_to`` a folder that can be written
+    (:func:`~reproduction.folder.read_manifest`), ``copy_to`` a folder that can be written
     and not ``out`` itself."""
     out = Path(out)
     manifest = read_manifest(out)

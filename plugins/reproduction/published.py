@@ -21,7 +21,7 @@ ORACLE_VALIDATION = "test acc %, oracle (test-domain) validation"
 class Published:
     """One published number: ``value`` (± ``std`` where given) of ``method`` on ``dataset``."""
 
-    experiment: str   # a key of gradmatch.reproduce.EXPERIMENTS
+    experiment: str   # a key of reproduction.EXPERIMENTS
     dataset: str
     method: str
     metric: str

@@ -12,8 +12,9 @@ import os
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from ..wilds.run_config import RunConfig
-from .core import Job, python_module, threads_env
+from gradmatch.wilds.run_config import RunConfig
+
+from ..jobs import Job, python_module, threads_env
 
 #: RunConfig fields written as switches (value -> flag), not as ``--field value``
 _SWITCHES = {"progress": {False: "--no-progress"}, "pretrained": {False: "--no-pretrained"},

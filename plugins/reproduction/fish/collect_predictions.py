@@ -1,4 +1,4 @@
-"""``python -m gradmatch.reproduce.collect_predictions DEST RUN [RUN ...]``: gather runs'
+"""``python -m reproduction.fish.collect_predictions DEST RUN [RUN ...]``: gather runs'
 prediction files into one submission folder.
 
 Every ``RUN/predictions/<dataset>/*.csv`` is copied to ``DEST/<dataset>/``, the layout WILDS'

@@ -18,9 +18,10 @@ from typing import Dict, List
 
 import numpy as np
 
-from .. import demo
-from ..wilds.run_config import RunConfig
-from .core import Experiment, Job, Report, failed_path, read_failure
+from gradmatch import demo
+from gradmatch.wilds.run_config import RunConfig
+
+from ..jobs import Experiment, Job, Report, failed_path, read_failure
 from .train_jobs import train_job
 
 NUM_DOMAINS = (5, 10, 15, 20, 30, 40, 50)   # the paper's range of N (issue 10)
