@@ -40,12 +40,11 @@ from __future__ import annotations
 import os
 import sys
 
-import bench_env  # noqa: E402  (stdlib only: before torch)
+from runkit.bench import env as bench_env  # imports no torch
 
 bench_env.size_thread_pools_from_argv()
 
 import argparse  # noqa: E402
-import csv  # noqa: E402
 import json  # noqa: E402
 import subprocess  # noqa: E402
 import tempfile  # noqa: E402
@@ -55,7 +54,10 @@ from typing import List  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from bench_env import load_average, make_sync, save_results  # noqa: E402
+
+from runkit.bench.env import load_average  # noqa: E402
+from runkit.bench.output import rounded, save_results, write_rows  # noqa: E402
+from runkit.bench.timing import make_sync, summarize  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_OUT = os.path.join(HERE, "results")
@@ -169,7 +171,7 @@ def run_configuration(config: dict, args, workdir: Path) -> dict:
 # ---------------------------------------------------------------------------- reporting
 def result_row(config: dict, times: List[float], args) -> dict:
     """One configuration's row: its timing statistics and images per second."""
-    stats = bench_env.summarize(times, unit="s")
+    stats = summarize(times, unit="s")
     return {"name": config["name"], "processes": config["processes"],
             "precision": config["precision"], "batch_per_process": args.batch, **stats,
             "images_per_s": config["processes"] * args.batch / stats["median_s"]}
@@ -198,11 +200,7 @@ def format_table(results: List[dict]) -> str:
 def write_csv(path: str, results: List[dict]) -> None:
     cols = ["name", "processes", "precision", "batch_per_process", "n", "median_s", "q25_s",
             "q75_s", "min_s", "images_per_s", "speedup", "parallel_efficiency"]
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        for r in results:
-            w.writerow({k: (round(v, 6) if isinstance(v, float) else v) for k, v in r.items()})
+    write_rows(path, cols, (rounded(r) for r in results))
 
 
 def plot(path: str, results: List[dict], env: dict, args) -> None:

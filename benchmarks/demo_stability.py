@@ -13,11 +13,10 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import sys
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_env  # noqa: E402
+from runkit.bench import env as bench_env
+from runkit.bench.output import save_results
 
 
 def main(argv=None) -> None:
@@ -62,7 +61,7 @@ def main(argv=None) -> None:
         lines.append(f"{r['arm']:<11}{r['inner']:<22}{r['stable']:>8}{acc:>24}{worst:>7}{final:>7}")
     print("\n".join(lines))
     env = bench_env.environment("cpu", jobs=args.jobs, seeds=args.seeds, fish_steps=args.steps)
-    bench_env.save_results(args.results, "demo_stability", {"environment": env, "results": results},
+    save_results(args.results, "demo_stability", {"environment": env, "results": results},
                            _write_csv, _plot, None, summary=f"{len(configs)} runs")
 
 

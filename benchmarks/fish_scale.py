@@ -14,7 +14,6 @@ of every domain batch; ``speedup = t(1) / t(N)``, parallel efficiency ``= speedu
 CPU each process gets ``--threads`` threads (1 by default), so N processes use N cores.
 """
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -23,8 +22,9 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import bench_env  # noqa: E402
+from runkit.bench import env as bench_env
+from runkit.bench.output import save_results, write_rows
+from runkit.bench.timing import summarize
 
 
 def parse_args():
@@ -71,7 +71,7 @@ def timed_run(args, algorithm: str, devices: int, precision: str) -> dict:
             raise RuntimeError(f"{' '.join(command)} failed:\n{run.stderr[-3000:]}")
         log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     train = [r for r in log if r["kind"] == "train"]
-    stats = bench_env.summarize([r["sec_per_step"] for r in train[args.warmup:]], scale=1e3)
+    stats = summarize([r["sec_per_step"] for r in train[args.warmup:]], scale=1e3)
     examples = args.batch_size * (args.num_domains if algorithm == "fish" else 1)
     return {"algorithm": algorithm, "devices": devices, "precision": precision,
             "ms_per_step": stats["median_ms"], "ms_per_step_iqr": stats["iqr_ms"],
@@ -89,10 +89,7 @@ def add_ratios(results):
 
 
 def write_csv(path, results):
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(results[0]))
-        writer.writeheader()
-        writer.writerows(results)
+    write_rows(path, list(results[0]), results)
 
 
 def plot(path, results, env, _):
@@ -137,7 +134,7 @@ def main():
     env = bench_env.environment(device, accelerator=args.accelerator, threads=args.threads,
                                 image_size=args.image_size, num_domains=args.num_domains,
                                 batch_size=args.batch_size, steps=args.steps, warmup=args.warmup)
-    bench_env.save_results(args.out, args.name, {"environment": env, "results": results},
+    save_results(args.out, args.name, {"environment": env, "results": results},
                            write_csv, plot, None, summary="ratios vs 1 process float32")
 
 

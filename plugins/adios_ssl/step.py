@@ -14,7 +14,7 @@ official order).
 The framework binds in through :class:`Hooks` (how to zero gradients, run each backward, step
 an optimizer, freeze everything but one optimizer's parameters, and report a non-finite loss):
 the defaults are plain torch; :mod:`adios_ssl.sololearn` passes Lightning's manual-optimization
-calls (and its DDP handling), and ``benchmarks/adios_step.py`` times this same function.
+calls (and its DDP handling), and ``adios_ssl.speed`` (``benchmarks/adios_step.py``) times this same function.
 """
 from __future__ import annotations
 
