@@ -1,0 +1,2 @@
+"""Fish's experiments: CdSprites-N (``cdsprites``), the WILDS protocol (``wilds``) and DomainBed's
+sweep (``domainbed``)."""
