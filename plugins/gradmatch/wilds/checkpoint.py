@@ -1,19 +1,26 @@
 """Checkpoint files and the run log: atomic, fsync'd writes that keep the previous checkpoint,
-verified CPU loading with a fallback, RNG states, ``log.jsonl``."""
+verified CPU loading with a fallback, RNG states, ``log.jsonl``; and :class:`Checkpoints`, a
+run's persistence: a new run's folder, its checkpoints, and what resuming one means."""
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
 import os
 import random
 import shutil
+import sys
 from pathlib import Path
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from runkit.jsonio import finite_or_none
+
+from ..erm import ERM
+from .run_config import EARLY_FILES, RunExistsError, RunWriteError, write_config
 
 
 def atomic_save(obj, path: Path, keep_previous: bool = False) -> None:
@@ -213,3 +220,131 @@ class RunLog:
         if self.writer:
             self.path.write_text("".join(line + "\n" for line in keep))
         self.records = len(keep)
+
+
+class Checkpoints:
+    """A run's ``checkpoint.pt`` and what goes with it (process 0 writes; every process of
+    ``engine``, an :class:`.engine.Engine`, takes part): a new run's folder (:meth:`start`), the
+    checkpoints (:meth:`save`), the resume (:meth:`resume`), ``log.jsonl`` (:attr:`log`). A failed
+    write inside :meth:`writing` raises :class:`RunWriteError`, one line saying what was saved."""
+
+    REQUIRED = ("learner", "epoch", "pos", "step", "rng", "log_records")
+
+    def __init__(self, out: Path, engine):
+        self.out, self.engine, self.writer = Path(out), engine, engine.is_global_zero
+        self.path = self.out / "checkpoint.pt"
+        self.log = RunLog(self.out / "log.jsonl", writer=self.writer)
+        self.saved_step: Optional[int] = None
+
+    @contextlib.contextmanager
+    def writing(self):
+        """Turn a failed write (disk full, permissions) into one line saying what was saved."""
+        try:
+            yield
+        except OSError as err:
+            if isinstance(err, RunWriteError):
+                raise
+            what = err.filename or "a file"
+            why = err.strerror or str(err)
+            if self.saved_step is None:
+                kept = "no checkpoint was saved yet: fix the cause, then rerun the same command"
+            else:
+                kept = (f"the checkpoint of step {self.saved_step} ({self.path}) is "
+                        "kept: fix the cause (free space, permissions), then rerun the same command "
+                        "with --resume")
+            raise RunWriteError(f"could not write {what} ({why}); {kept}") from None
+
+    def write_log(self, record: dict) -> None:
+        with self.writing():
+            self.log.write(record)
+
+    def start(self, folder_state: str, config: Callable[[], dict]) -> dict:
+        """A new run (or one again from step 0 where an earlier one stopped before its first
+        checkpoint: its files are replaced, and the note says which), with ``config()`` as
+        ``config.json``; returns the position to start from."""
+        if self.writer:
+            with self.writing():
+                self.out.mkdir(parents=True, exist_ok=True)
+                if folder_state == "reuse":
+                    stale = sorted(p.name for p in self.out.iterdir() if p.name in EARLY_FILES)
+                    for name in stale:
+                        (self.out / name).unlink()
+                    print(f"note: {self.out} held a run that stopped before its first checkpoint "
+                          f"({', '.join(stale)}); starting it again from step 0", file=sys.stderr)
+                write_config(self.out / "config.json", config())
+        return {"epoch": 0, "pos": 0, "step": 0, "best": None}
+
+    def save(self, learner, phase: str, epoch: int, pos: int, step: int, evaluation: dict) -> None:
+        """Every process calls this at the same step: process 0 writes the checkpoint, with
+        every process's RNG state, after checking that the replicas are bitwise identical.
+        ``evaluation``: the selection state (:meth:`.evaluation.Evaluations.state`)."""
+        rng = self.engine.rng_states()
+        digests = self.engine.replica_digests(learner.model, step)
+        if self.writer:
+            with self.writing():
+                atomic_save({"learner": learner.state_dict(), "phase": phase, "epoch": epoch,
+                             "pos": pos, "step": step, "best": evaluation["best"], "rng": rng,
+                             "warmup_best": evaluation["warmup_best"],
+                             "before_final": evaluation["before_final"],
+                             "engine": self.engine.state_dict(digests),
+                             "last_eval_step": evaluation["last_eval_step"],
+                             "log_records": self.log.records},
+                            self.path, keep_previous=True)
+        self.saved_step = step
+
+    def resume(self, learner, schedule, lr: float, config: Callable[[], dict]) -> dict:
+        """Load the latest good checkpoint (the previous one if the latest is damaged), decide
+        what resuming means, and only then touch the folder: an interrupted run continues; a
+        finished one continues when more ``--max-steps``/``--epochs`` are asked (extended as
+        one longer run: rolled back to before its final evaluation), else it is refused; one
+        killed before its summary just finishes. Returns the position and selection state."""
+        engine = self.engine
+        state, _, warning = load_latest_checkpoint(self.path, self.REQUIRED)
+        if warning and self.writer:
+            print(f"warning: {warning}", file=sys.stderr)
+        learner.load_state_dict(state["learner"])
+        finished = schedule.finished(state["epoch"], state["step"])
+        summary = self.out / "summary.json"
+        if finished and summary.exists():
+            raise RunExistsError(f"{self.out} holds a finished run (step {state['step']}, epoch "
+                                 f"{state['epoch']}) and {schedule.until()} asks for no more: nothing "
+                                 "to resume; to train it longer, "
+                                 "pass a larger --max-steps or --epochs with --resume")
+        extending = summary.exists() and not finished
+        # Optimizer state dicts carry their lr: apply this invocation's (e.g. a lowered --lr).
+        for optimizer in _optimizers(learner, state["learner"]):
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+        engine.backend.load_state_dict(state.get("engine", {}))
+        before = state.get("before_final") if extending else None
+        rng = (before or state)["rng"]
+        rng = rng if isinstance(rng, list) else [rng]
+        if engine.rank < len(rng):
+            set_rng_state(rng[engine.rank])
+        if len(rng) != engine.world_size and self.writer:
+            print(f"note: the checkpoint was written by {len(rng)} process(es), this run has "
+                  f"{engine.world_size}: the batches are the same, their split over processes and "
+                  "the random transforms of the new processes differ from an uninterrupted run")
+        with self.writing():
+            self.log.truncate((before or state)["log_records"])
+            if self.writer:
+                if extending:
+                    kept = self.out / "best_model.before_final.pt"
+                    if before is not None and kept.exists():
+                        os.replace(kept, self.out / "best_model.pt")
+                    summary.unlink()
+                    print(f"note: extending the finished run in {self.out} from step {state['step']}; "
+                          "its summary.json and predictions are written again at the end", file=sys.stderr)
+                write_config(self.out / "config.json", config(), step=state["step"])
+        if before is not None:
+            state = {**state, "best": before["best"], "last_eval_step": before["last_eval_step"]}
+        self.saved_step = state["step"]
+        return state
+
+
+def _optimizers(learner, learner_state: dict) -> list:
+    """The optimizers ``learner_state`` restored (Fish's warm-up one only if it was saved)."""
+    if isinstance(learner, ERM):
+        return [learner.optimizer]
+    extra = [learner.erm_optimizer] if learner_state.get("erm_optimizer") is not None else []
+    return [learner.inner_optimizer] + extra

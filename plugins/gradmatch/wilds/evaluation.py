@@ -3,9 +3,12 @@
 :class:`Evaluator` predicts whole splits with the current model (each process its contiguous
 part, gathered in order, so every example is predicted exactly once) and scores them with WILDS'
 ``dataset.eval``. :class:`Selection` keeps the model with the best selection metric.
+:class:`Evaluations` is a run's evaluations: the scheduled ones, the final one, the hand-off
+from the ERM warm-up to Fish, and the selected model scored on every split at the end.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional, Tuple
 
@@ -13,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .. import distributed as D
-from .checkpoint import atomic_save
+from .checkpoint import atomic_save, load_checkpoint
 
 
 def logits_to_prediction(loss: str, logits: torch.Tensor) -> torch.Tensor:
@@ -89,3 +92,87 @@ class Selection:
 
     def __str__(self) -> str:
         return "-" if self.best is None else f"{self.best['value']:.3f}@{self.best['step']}"
+
+
+class Evaluations:
+    """A run's evaluations: each one logs every split of ``splits`` and offers the selection
+    split's metrics to ``selection``. ``files`` (:class:`.checkpoint.Checkpoints`) keeps the
+    log and guards the writes; ``engine`` (:class:`.engine.Engine`) is the processes.
+    ``handoff``: ``--warmup-handoff``; ``position``: where the run starts (its selection state)."""
+
+    def __init__(self, evaluator: Evaluator, splits, selection: Selection, files, engine, *,
+                 handoff: str, position: dict):
+        self.evaluator, self.splits, self.selection = evaluator, list(splits), selection
+        self.files, self.engine, self.handoff = files, engine, handoff
+        self.model, self.out = evaluator.model, selection.path.parent
+        self.last_eval_step = position.get("last_eval_step")
+        self.warmup_best = position.get("warmup_best")
+        self.before_final = None
+
+    def state(self) -> dict:
+        """What a checkpoint keeps of the selection."""
+        return {"best": self.selection.best, "warmup_best": self.warmup_best,
+                "before_final": self.before_final, "last_eval_step": self.last_eval_step}
+
+    def evaluate(self, step: int, epoch: int) -> None:
+        """Evaluate at ``step`` (once: a step already evaluated is skipped)."""
+        if step == self.last_eval_step:
+            return
+        self.last_eval_step = step
+        for split in self.splits:
+            metrics, _ = self.evaluator.metrics(split)
+            self.files.write_log({"kind": "eval", "step": step, "epoch": epoch, "split": split,
+                                  "metrics": metrics})
+            if split == self.selection.split:
+                with self.files.writing():
+                    self.selection.offer(step, metrics, self.model)
+
+    def final(self, step: int, epoch: int) -> None:
+        """The evaluation a run makes when it ends between two scheduled ones. One longer run
+        would not make it, so what it changes (the log, the selection, ``best_model.pt``, the
+        RNG states) is kept as it was before (``before_final`` in the checkpoint,
+        ``best_model.before_final.pt``): ``--resume`` with more steps rolls it back and goes on
+        exactly as one longer run."""
+        if step == self.last_eval_step:
+            return
+        best_path, kept = self.out / "best_model.pt", self.out / "best_model.before_final.pt"
+        self.before_final = {"best": self.selection.best, "log_records": self.files.log.records,
+                             "last_eval_step": self.last_eval_step, "rng": self.engine.rng_states()}
+        if self.engine.is_global_zero:
+            kept.unlink(missing_ok=True)
+            if best_path.exists():
+                with self.files.writing():
+                    os.link(best_path, kept)  # the same file: free; kept if the evaluation replaces it
+        self.evaluate(step, epoch)
+        if self.engine.is_global_zero and self.selection.best is self.before_final["best"]:
+            kept.unlink(missing_ok=True)  # best_model.pt was not replaced
+
+    def hand_off_warmup(self, step: int) -> None:
+        """The ERM warm-up just ended. Official (``--warmup-handoff best``, fish:src/main.py
+        ``pretrain`` reloads ``model.rar``, then ``__main__`` starts a fresh ``val_stat``): Fish
+        starts from the best warm-up model, and model selection starts afresh, so the kept model
+        is a Fish model. ``last``: Fish continues from the last warm-up weights, and the warm-up
+        models stay eligible."""
+        self.warmup_best = self.selection.best
+        if self.handoff != "best" or self.selection.best is None:
+            return
+        self.engine.barrier()  # process 0 has written best_model.pt
+        best = load_checkpoint(self.selection.path)
+        self.model.load_state_dict(best["model"])
+        self.selection.best = None
+        self.files.write_log({"kind": "handoff", "step": step, "from_step": best["step"],
+                              self.selection.metric: self.warmup_best["value"]})
+
+    def score_selected(self):
+        """``(best, metrics, predictions)``: the selected model (loaded into the run's model;
+        ``best`` its step and score) on every non-train split, per split."""
+        self.engine.barrier()  # process 0 has written best_model.pt
+        best = load_checkpoint(self.selection.path, required=("model", "step"))
+        self.model.load_state_dict(best["model"])
+        results, predictions = {}, {}
+        for split in [s for s in self.evaluator.dataset.split_dict if s != "train"]:
+            results[split], predictions[split] = self.evaluator.metrics(split)
+        return best, results, predictions
+
+    def __str__(self) -> str:
+        return str(self.selection)

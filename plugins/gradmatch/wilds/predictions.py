@@ -25,7 +25,7 @@ import torch
 from runkit.jsonio import write_json
 
 from .compat import apply_compat, get_wilds_dataset
-from .manifest import check_dataset, check_kwargs, read_manifest
+from .manifest import build_manifest, check_dataset, check_kwargs, read_manifest, write_manifest
 
 #: ``examples/evaluate.py:get_metrics`` for the WILDS benchmarks that have no preset here (the
 #: presets carry their own, ``Preset.official_metrics``; first = the leaderboard's).
@@ -129,6 +129,16 @@ def write_predictions(preds_dir, dataset_name: str, split: str, replicate: str, 
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(line + "\n" for line in lines))
     return path
+
+
+def write_run_predictions(preds_dir, dataset, dataset_name: str, dataset_kwargs: dict, replicate: str,
+                          predictions: dict, *, frac: float, settings: dict, provenance: dict) -> None:
+    """A finished run's files: one per split of ``predictions`` (``{split: y_pred}``; an
+    earlier run's replaced) and the replicate's manifest (:mod:`.manifest`)."""
+    for split, y_pred in predictions.items():
+        write_predictions(preds_dir, dataset_name, split, replicate, y_pred, overwrite=True)
+    write_manifest(preds_dir, build_manifest(dataset, dataset_name, dataset_kwargs, replicate, frac=frac,
+                                             settings=settings, provenance=provenance))
 
 
 def read_predictions(path) -> torch.Tensor:

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from runkit.jsonio import write_json
 from runkit.paths import check_out_folder
 
 from ..choices import ALGORITHMS, INNER_OPTIMIZER_STATES, OPTIMIZER_NAMES, STEP_SIZES, WARMUP_HANDOFFS
@@ -175,3 +176,17 @@ def _check_same_run(cfg: RunConfig, out: Path) -> None:
         if given.get(key) != current[key]:
             raise ValueError(f"--resume: {key}={current[key]!r} differs from the saved run's "
                              f"{given.get(key)!r} ({out}/config.json)")
+
+
+def write_config(path: Path, current: dict, step: Optional[int] = None) -> None:
+    """``config.json``: ``current`` (every resolved setting, ``given``, ``provenance``); a run
+    resumed at ``step`` adds what it changed to the saved file's ``resumes``."""
+    resumes = []
+    if step is not None and path.exists():
+        saved = json.loads(path.read_text())
+        resumes = saved.get("resumes", [])
+        skip = ("given", "provenance", "resumes", "out_dir", "progress")
+        changed = {k: [saved.get(k), v] for k, v in json.loads(json.dumps(current)).items()
+                   if k not in skip and saved.get(k) != v}
+        resumes.append({"step": step, "changed": changed})
+    write_json(path, {**current, "resumes": resumes})
