@@ -14,17 +14,11 @@ of every domain batch; ``speedup = t(1) / t(N)``, parallel efficiency ``= speedu
 CPU each process gets ``--threads`` threads (1 by default), so N processes use N cores.
 """
 import argparse
-import json
 import os
-import subprocess
-import sys
-import tempfile
-import time
-from pathlib import Path
 
+from gradmatch.speed import time_gradmatch_train
 from runkit.bench import env as bench_env
 from runkit.bench.output import save_results, write_rows
-from runkit.bench.timing import summarize
 
 
 def parse_args():
@@ -50,33 +44,14 @@ def parse_args():
 
 
 def timed_run(args, algorithm: str, devices: int, precision: str) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "run"
-        kwargs = {"num_domains": args.num_domains, "image_size": args.image_size,
-                  "per_domain": max(256, 2 * args.batch_size), "num_val": 64, "num_test": 64,
-                  "num_id_val": 64}
-        command = [sys.executable, "-m", "gradmatch.cli", "train", "--dataset", "cdsprites",
-                   "--dataset-kwargs", json.dumps(kwargs), "--algorithm", algorithm,
-                   "--out", str(out), "--batch-size", str(args.batch_size),
-                   "--max-steps", str(args.steps), "--log-every", "1", "--eval-every", "0",
-                   "--checkpoint-every", str(10 ** 6), "--no-progress",
-                   "--accelerator", args.accelerator, "--devices", str(devices),
-                   "--precision", precision, "--threads", str(args.threads)]
-        env = {**os.environ, "OMP_NUM_THREADS": str(args.threads),
-               "MKL_NUM_THREADS": str(args.threads), "PYTHONWARNINGS": "ignore"}
-        start = time.perf_counter()
-        run = subprocess.run(command, env=env, capture_output=True, text=True)
-        wall = time.perf_counter() - start
-        if run.returncode != 0:
-            raise RuntimeError(f"{' '.join(command)} failed:\n{run.stderr[-3000:]}")
-        log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    train = [r for r in log if r["kind"] == "train"]
-    stats = summarize([r["sec_per_step"] for r in train[args.warmup:]], scale=1e3)
-    examples = args.batch_size * (args.num_domains if algorithm == "fish" else 1)
-    return {"algorithm": algorithm, "devices": devices, "precision": precision,
-            "ms_per_step": stats["median_ms"], "ms_per_step_iqr": stats["iqr_ms"],
-            "examples_per_s": 1e3 * examples / stats["median_ms"], "first_loss": train[0]["loss"],
-            "last_loss": train[-1]["loss"], "wall_s": wall, "timed_steps": stats["n"]}
+    result = time_gradmatch_train(algorithm=algorithm, accelerator=args.accelerator, devices=devices,
+                                  precision=precision, num_domains=args.num_domains,
+                                  image_size=args.image_size, batch_size=args.batch_size, steps=args.steps,
+                                  warmup=args.warmup, threads=args.threads)
+    if "error" in result:
+        raise RuntimeError(f"gradmatch train ({algorithm}, {devices} processes, {precision}) failed: "
+                           f"{result['error']}")
+    return result
 
 
 def add_ratios(results):

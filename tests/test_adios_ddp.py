@@ -224,6 +224,7 @@ def test_per_view_batch_norm_synchronised_over_two_processes_cpu_stand_in(tmp_pa
     assert res["gradient"] < 1e-12 * max(1.0, res["gradient_scale"])
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA GPUs (NCCL)")
 def test_per_view_batch_norm_with_torch_sync_batch_norm_on_two_gpus(tmp_path):  # pragma: no cover
     """The same with torch.nn.SyncBatchNorm, 2 NCCL processes, one GPU each (float32)."""

@@ -78,6 +78,29 @@ def test_local_launcher_resumes_records_failures_and_blocks_dependents(tmp_path)
         launch_local(out, [Job("x", _py("pass"), "x", after=("y",))], echo=lambda _: None)
 
 
+def test_local_launcher_stops_at_its_deadline(tmp_path):
+    """At the deadline the running job is terminated and recorded as stopped at the cap, the
+    job after it does not start (it stays todo), and a finished job stays done."""
+    import time
+
+    from reproduction.launch import STOPPED_AT_CAP
+
+    jobs = [Job("quick", _py("open('q.done', 'w')"), done="q.done"),
+            Job("slow", _py("import time; open('started', 'w'); time.sleep(60)"), done="s.done", after=("quick",)),
+            Job("later", _py("open('l.done', 'w')"), done="l.done", after=("slow",))]
+    start = time.time()
+    states = launch_local(tmp_path, jobs, parallel=1, echo=lambda _: None, deadline=start + 4)
+    assert time.time() - start < 30
+    assert states == {"quick": "done", "slow": "failed", "later": "blocked"}
+    assert (tmp_path / "started").exists() and not (tmp_path / "l.done").exists()
+    assert json.loads((tmp_path / "jobs" / "slow.failed.json").read_text())["why"] == STOPPED_AT_CAP
+    # with no dependency between them, the job not started stays todo
+    jobs = [Job("slow2", _py("import time; time.sleep(60)"), done="s2.done"),
+            Job("other", _py("open('o.done', 'w')"), done="o.done")]
+    states = launch_local(tmp_path, jobs, parallel=1, echo=lambda _: None, deadline=time.time() + 3)
+    assert states == {"slow2": "failed", "other": "todo"}
+
+
 def test_manifest_refuses_another_experiment_in_the_same_folder(tmp_path):
     cds = get_experiment("cdsprites")
     write_manifest(tmp_path, cds, "cpu", [])

@@ -229,6 +229,7 @@ def test_bf16_mixed_on_two_processes_keeps_identical_replicas(tmp_path):
     assert digests[0] == digests[1]
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 autocast + GradScaler needs CUDA")
 def test_fp16_mixed_with_gradient_scaling_on_cuda(runs, tmp_path, capsys):
     out = tmp_path / "fp16"

@@ -182,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("experiment", choices=experiment_names(), help="the experiment")
     rep.add_argument("--scale", required=True, choices=SCALES,
                      help="cpu: reduced, runs on a 2-core CPU; cpu-epochs (adios): 10 epochs, probed at 2, 5 "
-                          "and 10; paper: the papers' protocol (GPU cluster)")
+                          "and 10; paper: the papers' protocol (GPU cluster); gpu / rehearsal "
+                          "(gpu-check): one GPU for 10 minutes / the same at toy size on the CPU")
     rep.add_argument("--out", required=True, help="experiment folder (rerun the same command to resume)")
     rep.add_argument("--launcher", default="local", choices=sorted(LAUNCHERS),
                      help="local: processes on this machine; submitit: one Slurm job each "

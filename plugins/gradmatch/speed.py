@@ -269,3 +269,53 @@ def measure_fish_overhead(model: str = "cnn", *, device="cpu", domains: int = 3,
         "time_cap_s": time_cap_s, "capped": capped,
         "seconds": {"steps": t_steps, "total": deadline.elapsed()},
     }
+
+
+def time_gradmatch_train(*, algorithm: str = "fish", accelerator: str = "cpu", devices: int = 1,
+                         precision: str = "32-true", num_domains: int = 6, image_size: int = 64,
+                         batch_size: int = 32, steps: int = 60, warmup: int = 10, threads: int = 1,
+                         timeout_s: Optional[float] = None) -> dict:
+    """The shipped command (``python -m gradmatch.cli train``) on CdSprites-N in a fresh folder:
+    the median of the logged ``sec_per_step`` (process 0) after ``warmup`` steps, in ms.
+
+    Returns ``ms_per_step``, ``ms_per_step_iqr``, ``examples_per_s``, the first and last loss,
+    ``wall_s`` (start-up included) and ``timed_steps``; ``{"error": ...}`` when the run fails or
+    outlasts ``timeout_s`` seconds."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+    import time
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "run"
+        kwargs = {"num_domains": num_domains, "image_size": image_size,
+                  "per_domain": max(256, 2 * batch_size), "num_val": 64, "num_test": 64, "num_id_val": 64}
+        command = [sys.executable, "-m", "gradmatch.cli", "train", "--dataset", "cdsprites",
+                   "--dataset-kwargs", json.dumps(kwargs), "--algorithm", algorithm,
+                   "--out", str(out), "--batch-size", str(batch_size),
+                   "--max-steps", str(steps), "--log-every", "1", "--eval-every", "0",
+                   "--checkpoint-every", str(10 ** 6), "--no-progress",
+                   "--accelerator", accelerator, "--devices", str(devices),
+                   "--precision", precision, "--threads", str(threads)]
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+               "PYTHONWARNINGS": "ignore"}
+        start = time.perf_counter()
+        try:
+            run = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return {"error": f"no result within {timeout_s:g} s", "precision": precision}
+        wall = time.perf_counter() - start
+        if run.returncode != 0:
+            return {"error": f"exit {run.returncode}: {(run.stderr.strip().splitlines() or ['-'])[-1]}",
+                    "precision": precision}
+        log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    train = [r for r in log if r["kind"] == "train"]
+    stats = timing.summarize([r["sec_per_step"] for r in train[warmup:]], scale=1e3)
+    examples = batch_size * (num_domains if algorithm == "fish" else 1)
+    return {"algorithm": algorithm, "devices": devices, "precision": precision,
+            "ms_per_step": stats["median_ms"], "ms_per_step_iqr": stats["iqr_ms"],
+            "examples_per_s": 1e3 * examples / stats["median_ms"], "first_loss": train[0]["loss"],
+            "last_loss": train[-1]["loss"], "wall_s": wall, "timed_steps": stats["n"]}

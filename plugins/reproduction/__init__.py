@@ -8,7 +8,8 @@ each experiment is one entry here. Layout, by job:
   on Slurm); :mod:`.folder`: the output folder's checks and manifest; :mod:`.report`: writing the
   report; :mod:`.published`: the published numbers set beside ours.
 - :mod:`.fish`: Fish's experiments (``cdsprites``, ``wilds``, ``domainbed``);
-  :mod:`.adios`: ADIOS's (``adios``).
+  :mod:`.adios`: ADIOS's (``adios``); :mod:`.gpu_check`: both methods' GPU checks, speed ratios
+  and first paper-protocol numbers in one capped quarter-hour (``gpu-check``).
 
 This package imports neither torch nor ``adios_ssl`` at import time; the jobs run them.
 """
@@ -21,7 +22,7 @@ from .jobs import Experiment, Job, Report  # noqa: F401
 
 #: experiment name -> module (of this package) defining ``EXPERIMENT``
 EXPERIMENTS: Dict[str, str] = {"cdsprites": "fish.cdsprites", "domainbed": "fish.domainbed",
-                               "wilds": "fish.wilds", "adios": "adios"}
+                               "wilds": "fish.wilds", "adios": "adios", "gpu-check": "gpu_check"}
 
 
 def get_experiment(name: str) -> Experiment:

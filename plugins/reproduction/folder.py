@@ -11,7 +11,7 @@ from runkit.paths import check_out_folder
 from .jobs import Experiment, Job
 
 MANIFEST = "reproduce.json"
-SCALES = ("cpu", "cpu-epochs", "paper")   # every experiment has cpu and paper
+SCALES = ("cpu", "cpu-epochs", "paper", "gpu", "rehearsal")   # each experiment has some of them
 
 
 def check_args(out, experiment: Experiment, scale: str, jobs: int = 1) -> None:

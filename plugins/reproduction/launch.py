@@ -33,11 +33,17 @@ def run_job(out: Path, job: Job) -> Optional[str]:
     return _finish(out, job, rc, start)
 
 
+#: the reason recorded for a job stopped by :func:`launch_local`'s ``deadline``
+STOPPED_AT_CAP = "stopped at its time cap"
+
+
 def launch_local(out: Path, jobs: Sequence[Job], parallel: int = 1, retry_failed: bool = False,
-                 echo: Callable[[str], None] = print) -> Dict[str, str]:
+                 echo: Callable[[str], None] = print, deadline: Optional[float] = None) -> Dict[str, str]:
     """Run every unfinished job on this machine, ``parallel`` at a time, each after the jobs it
     needs. Returns the final :func:`job_states`. Ctrl-C stops the running jobs (their
-    checkpoints stay; rerun to resume)."""
+    checkpoints stay; rerun to resume). ``deadline`` (a ``time.time()`` value): then the running
+    jobs are stopped and recorded as failed (:data:`STOPPED_AT_CAP`) and no other job starts;
+    the jobs not started stay todo."""
     _prepare(out, jobs, retry_failed)
     initial = job_states(out, jobs)
     pending = [j for j in jobs if initial[j.name] in ("todo", "resumable")]
@@ -46,6 +52,9 @@ def launch_local(out: Path, jobs: Sequence[Job], parallel: int = 1, retry_failed
     previous = _stop_on_sigterm()
     try:
         while pending or running:
+            if deadline is not None and time.time() >= deadline:
+                _stop_at_deadline(out, running, echo)
+                break
             states = job_states(out, jobs)
             ready = [j for j in pending if all(states[a] == "done" for a in j.after)]
             blocked = [j for j in pending if any(states[a] in ("failed", "blocked") for a in j.after)]
@@ -82,6 +91,24 @@ def launch_local(out: Path, jobs: Sequence[Job], parallel: int = 1, retry_failed
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
     return job_states(out, jobs)
+
+
+def _stop_at_deadline(out: Path, running: dict, echo: Callable[[str], None]) -> None:
+    """Terminate the running jobs and record each as stopped at the cap."""
+    for job, proc, log, start in running.values():
+        proc.terminate()
+    for name, (job, proc, log, start) in list(running.items()):
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        failed_path(out, job).write_text(json.dumps(
+            {"job": job.name, "why": STOPPED_AT_CAP, "argv": job.command(out),
+             "seconds": time.time() - start, "log": str(log_path(out, job))}, indent=2))
+        echo(f"stopped {name} at the time cap ({(time.time() - start) / 60:.1f} min)")
+    running.clear()
 
 
 def _prepare(out: Path, jobs: Sequence[Job], retry_failed: bool) -> None:
