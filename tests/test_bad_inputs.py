@@ -130,6 +130,8 @@ ADIOS_ROWS = [
     (["solo"], "the following arguments are required: solo_command"),
 ]
 ROWS += [("adios-ssl", argv, expected) for argv, expected in ADIOS_ROWS]
+ROWS += [("adios_ssl.probe", ["masks", "--data", "{w}/empty", "--ckpt", "none", "--out", "{w}/m.png"],
+          "--ckpt none has no masker and no mask generator: pass a solo-learn checkpoint")]
 
 # gradmatch demo / reproduce / report / domainbed
 ROWS += [
@@ -157,6 +159,10 @@ ROWS += [
     ("gradmatch", ["reproduce", "cdsprites", "--scale", "paper", "--out", "{w}/rep", "--dry-run"],
      "--out {w}/rep holds the cdsprites experiment at cpu scale"),
     ("gradmatch", ["reproduce", "mnist", "--scale", "cpu", "--out", "{w}/r"], "invalid choice: 'mnist'"),
+    ("gradmatch", ["reproduce", "gpu-check", "--scale", "cpu", "--out", "{w}/r", "--dry-run"],
+     "--scale cpu: the gpu-check experiment has scales gpu, rehearsal"),
+    ("gradmatch", ["reproduce", "cdsprites", "--scale", "rehearsal", "--out", "{w}/r", "--dry-run"],
+     "--scale rehearsal: the cdsprites experiment has scales cpu, paper"),
     ("gradmatch", ["report", "{w}/nothing"], "{w}/nothing does not exist: `gradmatch report DIR` reads the --out folder"),
     ("gradmatch", ["report", "{w}/a_file"], "{w}/a_file is a file, not a folder: `gradmatch report DIR` reads"),
     ("gradmatch", ["report", "{w}/foreign"], "{w}/foreign is not a `gradmatch reproduce` folder: it has no reproduce.json"),
@@ -223,9 +229,10 @@ def _missing(entry, argv):
 
 def run_entry_point(entry, argv, capsys):
     from adios_ssl.cli import main as adios_main
+    from adios_ssl.probe import main as probe_main
     from gradmatch.domainbed.train import main as domainbed_train_main
 
-    mains = {"gradmatch": gradmatch_main, "adios-ssl": adios_main,
+    mains = {"gradmatch": gradmatch_main, "adios-ssl": adios_main, "adios_ssl.probe": probe_main,
              "gradmatch.domainbed.train": domainbed_train_main}
     try:
         code = mains[entry](argv)
@@ -237,7 +244,7 @@ def run_entry_point(entry, argv, capsys):
 
 def test_the_table_has_at_least_40_bad_inputs():
     assert len(ROWS) >= 40
-    assert {entry for entry, _, _ in ROWS} == {"gradmatch", "adios-ssl", "gradmatch.domainbed.train"}
+    assert {entry for entry, _, _ in ROWS} == {"gradmatch", "adios-ssl", "adios_ssl.probe", "gradmatch.domainbed.train"}
     commands = {argv[0] for entry, argv, _ in ROWS if entry == "gradmatch"}
     assert commands >= {"train", "evaluate", "demo", "reproduce", "report", "domainbed"}
     assert len({json.dumps(r[1]) for r in ROWS}) == len(ROWS), "a row is repeated"
