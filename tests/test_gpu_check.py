@@ -78,7 +78,7 @@ def test_the_rehearsal_runs_every_part_end_to_end(tmp_path, capsys):
     assert steps["adios_n4"]["result"]["num_masks"] == 4 and steps["adios_n6"]["result"]["num_masks"] == 6
     assert steps["adios_n4"]["result"]["check"]["ok"]
     assert steps["fishfast"]["result"]["ratios"]["FishFast/Fish"]["of_medians"] > 0
-    assert steps["fish_floor"]["result"]["stats"]["floor"]["ratio_vs_floor"] == pytest.approx(1.0)
+    assert steps["fish_floor"]["result"]["steps"]["floor"]["ratio_vs_floor"] == pytest.approx(1.0)
     # science: the two experiments' own jobs, then their reports inside the gpu-check report
     report = (out / "report.md").read_text()
     for heading in ("## checks", "## speed", "## science"):

@@ -26,6 +26,10 @@ def report(out: Path, scale: str) -> Report:
     out = Path(out)
     settings = SCALES[scale]
     lines: List[str] = []
+    if scale == "rehearsal":
+        lines += ["Rehearsal: toy sizes and one or two timed steps per measurement on a shared CPU, to run "
+                  "every line the GPU will run. Its ratios and accuracies exercise the code and say nothing "
+                  "about speed or accuracy.", ""]
     data: Dict[str, object] = {"scale": scale, "caps_s": dict(settings.caps), "parts": {}}
     figures: List[str] = []
     compare: dict = {}
