@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_reproduce_adios import check_cpu_scale_run
 
 from gradmatch.cli import main
 from reproduction.gpu_check import EXPERIMENT, jobs
@@ -87,7 +88,9 @@ def test_the_rehearsal_runs_every_part_end_to_end(tmp_path, capsys):
         science = steps["science"]["experiments"]
         assert set(science["domainbed"]["jobs"].values()) == set(science["adios"]["jobs"].values()) == {"done"}
         assert "DomainBed ColoredMNIST" in report and "ADIOS on PACS" in report
-        assert (out / "science" / "adios" / "probes" / "random_init.json").exists()
+        # the ADIOS arms as the cpu scale's own test checks its arms (2 images per domain x class:
+        # 1 train and 1 test each, 28 of each)
+        check_cpu_scale_run(out / "science" / "adios", REHEARSAL.adios, n_train=28, n_test=28)
         data = json.loads((out / "report.json").read_text())["results"]
         assert set(data["domainbed"]["datasets"]) == {"ColoredMNIST"}
         assert {a["arm"] for a in data["adios"]["arms"]} == {

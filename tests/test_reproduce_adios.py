@@ -345,14 +345,55 @@ def _solo_or_skip():
 
 
 TINY = experiment.CpuSettings(epochs=2, crop=32, batch=8, max_per_group=4, seeds=(0,),
-                              extra=("++limit_train_batches=1",))
+                              extra=("++limit_train_batches=1",), arms=("mae", "beit"))
+
+
+def check_cpu_scale_run(out: Path, settings, n_train: int, n_test: int):
+    """What a finished cpu-scale folder must hold for each arm of ``settings`` (seed 0): its
+    pretraining marker, final checkpoint and solo-learn args (the settings and the arm's one
+    override), its probe on the split's images, and a report with every arm, the floor, the
+    mask pictures and the bar plot. Shared with the gpu-check rehearsal (its science part runs
+    SimCLR, SimCLR+ADIOS and the random mask; this file's tiny run the MAE and BEiT masks)."""
+    for key in settings.arms:
+        pre = json.loads((out / "arms" / key / "pretrain.json").read_text())
+        assert pre["epochs"] == settings.epochs and pre["cpu_s"] > 0
+        assert (out / "arms" / key / "final.ckpt").resolve().is_file()
+        args = json.loads((Path(pre["ckpt"]).parent / "args.json").read_text())
+        assert args["augmentations"][0]["crop_size"] == settings.crop
+        assert args["optimizer"]["batch_size"] == settings.batch
+        assert args["method"] == ("simclr" if key == "simclr" else "simclr_adios")
+        assert args["method_kwargs"].get("mask_generator", "-") == {
+            "adios": "adversarial", "simclr": "-"}.get(key, key)
+        probe = json.loads((out / "probes" / f"{key}.json").read_text())
+        assert (probe["n_train"], probe["n_test"], probe["size"]) == (n_train, n_test, settings.crop)
+        assert set(probe["linear"]["per_domain"]) == {"art_painting", "cartoon", "photo", "sketch"}
+    report = experiment.EXPERIMENT.report(out, "cpu")
+    assert [r["run"] for r in report.data["rows"]] == [
+        a.key for a in experiment.ARMS if a.key in settings.arms] + ["random_init"]   # the arms' table order
+    labels = {a.key: a.label for a in experiment.ARMS}
+    for key in settings.arms:
+        assert labels[key] in report.markdown
+        for metric in (experiment.LINEAR_METRIC, experiment.KNN_METRIC):
+            assert 0 <= report.compare[("PACS", labels[key], metric)] <= 100
+    assert len(report.compare) == 2 * len(settings.arms)
+    masked = [k for k in settings.arms if k != "simclr"]
+    assert {f"masks_{k}_test.png" for k in masked} <= set(report.figures)
+    if "adios" in settings.arms:
+        assert "masks_adios_train.png" in report.figures
+    for name in report.figures:
+        assert (out / name).stat().st_size > 5_000, name
+    assert report.figures[0] == "adios_probe_accuracy.png"
+    json.dumps(report.data)
+    assert "Honest note" in report.markdown and not report.data["missing"]
+    return report
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not PACS.is_dir(), reason=f"PACS not found at {PACS} (set $PACS_DIR)")
 def test_tiny_cpu_scale_end_to_end(tmp_path):
-    """Every arm pretrains 2 x 1 batch of 8 at 32 px on 4 PACS images per domain x class, then
-    the probes and the report."""
+    """The MAE and BEiT arms pretrain 2 x 1 batch of 8 at 32 px on 4 PACS images per domain x
+    class, then the probes and the report (SimCLR, SimCLR+ADIOS and the random mask run through
+    the same jobs in the gpu-check rehearsal, tests/test_gpu_check.py, with the same checks)."""
     _solo_or_skip()
     out = tmp_path / "run"
     jobs = experiment.cpu_jobs(out, TINY, data_dir=str(PACS))
@@ -362,34 +403,7 @@ def test_tiny_cpu_scale_end_to_end(tmp_path):
     failed = {n: json.loads((out / "jobs" / f"{n}.failed.json").read_text())["log_tail"]
               for n, s in states.items() if s == "failed"}
     assert set(states.values()) == {"done"}, (states, failed)
-
-    for arm in experiment.ARMS:
-        pre = json.loads((out / "arms" / arm.key / "pretrain.json").read_text())
-        assert pre["epochs"] == 2 and pre["cpu_s"] > 0
-        assert (out / "arms" / arm.key / "final.ckpt").resolve().is_file()
-        args = json.loads((Path(pre["ckpt"]).parent / "args.json").read_text())
-        assert args["augmentations"][0]["crop_size"] == 32 and args["optimizer"]["batch_size"] == 8
-        assert args["method"] == ("simclr" if arm.key == "simclr" else "simclr_adios")
-        assert args["method_kwargs"].get("mask_generator", "-") == {
-            "adios": "adversarial", "simclr": "-"}.get(arm.key, arm.key)
-        probe = json.loads((out / "probes" / f"{arm.key}.json").read_text())
-        assert probe["n_train"] == 84 and probe["n_test"] == 28 and probe["size"] == 32
-        assert set(probe["linear"]["per_domain"]) == {"art_painting", "cartoon", "photo", "sketch"}
-
-    report = experiment.EXPERIMENT.report(out, "cpu")
-    assert [r["run"] for r in report.data["rows"]] == [a.key for a in experiment.ARMS] + ["random_init"]
-    for arm in experiment.ARMS:
-        assert arm.label in report.markdown
-        for metric in (experiment.LINEAR_METRIC, experiment.KNN_METRIC):
-            assert 0 <= report.compare[("PACS", arm.label, metric)] <= 100
-    assert len(report.compare) == 10
-    assert "masks_adios_train.png" in report.figures and "masks_adios_test.png" in report.figures
-    assert {"masks_random_test.png", "masks_mae_test.png", "masks_beit_test.png"} <= set(report.figures)
-    for name in report.figures:
-        assert (out / name).stat().st_size > 5_000, name
-    assert report.figures[0] == "adios_probe_accuracy.png"
-    json.dumps(report.data)
-    assert "Honest note" in report.markdown and not report.data["missing"]
+    check_cpu_scale_run(out, TINY, n_train=84, n_test=28)
     # rerunning skips everything that is done
     assert set(launch_local(out, jobs, parallel=2, echo=messages.append).values()) == {"done"}
 
