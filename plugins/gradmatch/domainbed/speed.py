@@ -33,166 +33,40 @@ Times are ms; memory MiB. ``benchmarks/domainbed_fish.py`` prints and plots the 
 from __future__ import annotations
 
 import contextlib
-import functools
 import gc
-import os
-import tempfile
-import warnings
-from typing import Callable, Dict, Iterator, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from runkit.bench import timing
 from runkit.bench.child import run_in_child
 from runkit.bench.memory import PeakMeter, maxrss_mb, peak_mb, proc_status_mb
 
+from .speed_setup import (  # noqa: F401  (MODELS and planted_torch_home are this module's API too)
+    ALGORITHM_OF,
+    MODELS,
+    VARIANT_OVERRIDES,
+    Floor,
+    build_variant,
+    load_domainbed,
+    load_initial_weights,
+    make_minibatches,
+    plant_torchvision_weights,
+    planted_torch_home,
+    quiet,
+    variant_hparams,
+)
+
 TARGET_OVERHEAD = 0.05
 VARIANTS = ("ERM", "Fish", "FishFast", "FishFast-default", "floor")
 MEMORY_VARIANTS = ("ERM", "Fish", "FishFast", "FishFast-nogip", "FishFast-default", "floor")
 DEFAULT_MEMORY_VARIANTS = ("ERM", "Fish", "FishFast", "FishFast-nogip")
-#: the DomainBed algorithm whose hparams each variant uses
-ALGORITHM_OF = {"ERM": "ERM", "Fish": "Fish", "FishFast": "FishFast", "FishFast-default": "FishFast",
-                "FishFast-nogip": "FishFast", "floor": "Fish"}
-VARIANT_OVERRIDES = {"FishFast": {"fish_shuffle_domains": False},
-                     "FishFast-nogip": {"fish_shuffle_domains": False, "fish_gip_every": 0}}
-MODELS = {
-    "mnist_cnn": {"label": "MNIST_CNN 28px", "dataset": "ColoredMNIST", "input_shape": (2, 28, 28),
-                  "num_classes": 2, "batch": 64, "hparams": {}},
-    "resnet18": {"label": "ResNet-18 224px", "dataset": "PACS", "input_shape": (3, 224, 224),
-                 "num_classes": 7, "batch": 8, "hparams": {"resnet18": True, "resnet50_augmix": False}},
-    "resnet50": {"label": "ResNet-50 224px", "dataset": "PACS", "input_shape": (3, 224, 224),
-                 "num_classes": 7, "batch": 8, "hparams": {"resnet18": False, "resnet50_augmix": False}},
-}
 # ResNet-50 at 224 px, 3 x 8 images, is ~10 s per update on one CPU core: few timed steps.
 DEFAULT_STEPS = {"mnist_cnn": 8, "resnet18": 4, "resnet50": 3}
 DEFAULT_WARMUP = {"mnist_cnn": 1, "resnet18": 1, "resnet50": 1}
-_QUIET = r".*(pretrained|weight enum|weights).*"  # torchvision's deprecation of pretrained=True
 
 
-def _quiet(fn):
-    """``fn`` without torchvision's warnings about ``pretrained=True`` (built-in Fish builds a
-    network, and so warns, every update)."""
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=_QUIET)
-            return fn(*args, **kwargs)
-    return wrapped
-
-
-def load_domainbed():
-    """Register the plugin into the DomainBed checkout; DomainBed's ``(algorithms,
-    hparams_registry, networks)`` modules."""
-    from .register import register
-
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never wait on the network (timm is not used)
-    register()
-    from domainbed import algorithms, hparams_registry, networks
-
-    return algorithms, hparams_registry, networks
-
-
-def plant_torchvision_weights(torch_home: str) -> Dict[str, str]:
-    """Random-init ResNet-18/50 state dicts under the file names ``pretrained=True`` looks for
-    in ``<torch_home>/hub/checkpoints`` (kept if there); their paths by builder name.
-
-    ``torch.hub.load_state_dict_from_url`` checks the hash only when it downloads, so an existing
-    file is loaded as is. Same keys and shapes as the real ImageNet checkpoints, so the same size
-    and the same load cost."""
-    import torchvision
-
-    ckpt = os.path.join(torch_home, "hub", "checkpoints")
-    os.makedirs(ckpt, exist_ok=True)
-    planted = {}
-    for build, weights in ((torchvision.models.resnet18, torchvision.models.ResNet18_Weights.IMAGENET1K_V1),
-                           (torchvision.models.resnet50, torchvision.models.ResNet50_Weights.IMAGENET1K_V1)):
-        path = os.path.join(ckpt, os.path.basename(weights.url))
-        if not os.path.exists(path):
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)
-                torch.save(build(weights=None).state_dict(), path)
-        planted[build.__name__] = path
-    return planted
-
-
-@contextlib.contextmanager
-def planted_torch_home(torch_home: Optional[str] = None) -> Iterator[Tuple[str, Dict[str, str]]]:
-    """Within: ``$TORCH_HOME`` is ``torch_home`` (default a scratch folder, removed after) with
-    the planted checkpoints (:func:`plant_torchvision_weights`); yields it and their paths.
-    ``$TORCH_HOME`` is restored after."""
-    saved = os.environ.get("TORCH_HOME")
-    with contextlib.ExitStack() as stack:
-        if torch_home is None:
-            torch_home = stack.enter_context(tempfile.TemporaryDirectory(prefix="domainbed_fish_torch_home_"))
-        os.environ["TORCH_HOME"] = torch_home  # read by torch.hub here and in the children
-        try:
-            yield torch_home, plant_torchvision_weights(torch_home)
-        finally:
-            if saved is None:
-                os.environ.pop("TORCH_HOME", None)
-            else:
-                os.environ["TORCH_HOME"] = saved
-
-
-def variant_hparams(hparams_registry, variant: str, model: str) -> dict:
-    cfg = MODELS[model]
-    hp = hparams_registry.default_hparams(ALGORITHM_OF[variant], cfg["dataset"])
-    hp.update(cfg["hparams"])
-    hp.update(VARIANT_OVERRIDES.get(variant, {}))
-    return hp
-
-
-class Floor(torch.nn.Module):
-    """S plain forward/backward passes + S Adam steps on one WholeFish: no copy, no meta step."""
-
-    def __init__(self, network: torch.nn.Module, hparams: dict):
-        super().__init__()
-        self.network = network
-        self.optimizer = torch.optim.Adam(network.parameters(), lr=hparams["lr"],
-                                          weight_decay=hparams["weight_decay"])
-
-    def update(self, minibatches, unlabeled=None):
-        losses = []
-        for x, y in minibatches:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss = F.cross_entropy(self.network(x), y)
-            loss.backward()
-            self.optimizer.step()
-            losses.append(loss.detach())
-        return {"loss": torch.stack(losses).mean().item()}
-
-
-@_quiet
-def build_variant(db, variant: str, model: str, num_domains: int, device):
-    """One variant's algorithm (train mode, on ``device``) and its hparams."""
-    algorithms, hparams_registry, networks = db
-    cfg = MODELS[model]
-    hp = variant_hparams(hparams_registry, variant, model)
-    if variant == "floor":
-        alg = Floor(networks.WholeFish(cfg["input_shape"], cfg["num_classes"], hp), hp)
-    else:
-        cls = algorithms.get_algorithm_class(ALGORITHM_OF[variant])
-        alg = cls(cfg["input_shape"], cfg["num_classes"], num_domains, hp)
-    return alg.to(device).train(), hp
-
-
-def load_initial_weights(alg, variant: str, base_net_state: dict) -> None:
-    """The same starting weights in every variant (ERM's network is Sequential(featurizer,
-    classifier), the others' a WholeFish whose ``.net`` is that Sequential)."""
-    target = alg.network if variant == "ERM" else alg.network.net
-    target.load_state_dict(base_net_state)
-
-
-def make_minibatches(model: str, batch: int, num_domains: int, seed: int, device):
-    cfg = MODELS[model]
-    g = torch.Generator().manual_seed(seed)
-    return [(torch.randn(batch, *cfg["input_shape"], generator=g).to(device),
-             torch.randint(0, cfg["num_classes"], (batch,), generator=g).to(device))
-            for _ in range(num_domains)]
-
-
-@_quiet
+@quiet
 def check_fishfast_matches_fish(device="cpu", num_domains: int = 3, steps: int = 3, batch: int = 8) -> float:
     """Max |difference| of the weights of built-in Fish and FishFast (DomainBed-compatible
     setting) after ``steps`` updates from the same start on MNIST_CNN: the comparison is like
@@ -248,7 +122,7 @@ def overhead_pieces(fish_alg, fast_alg, device, num_domains: int) -> Dict[str, C
             "FishFast: copy-in": fast_copy_in, "FishFast: meta step": fast_meta_step}
 
 
-@_quiet
+@quiet
 def peak_memory(model: str, variant: str, *, device: str = "cpu", domains: int = 3,
                 batch: Optional[int] = None, steps: int = 2, seed: int = 0) -> dict:
     """In a fresh process (:func:`measure_memory` runs it there): build one variant, run
@@ -327,7 +201,7 @@ def measure_domainbed_fish(model: str = "mnist_cnn", *, device="cpu", domains: i
                         memory_steps, memory_timeout_s, seed, time_cap_s, log)
 
 
-@_quiet
+@quiet
 def _measure(model, device, domains, batch, steps, warmup, piece_samples, piece_ms, memory_variants,
              memory_steps, memory_timeout_s, seed, time_cap_s, log) -> dict:
     log = log or (lambda line: None)
