@@ -153,8 +153,8 @@ def epochs_report(out: Path, settings: EpochSettings = EPOCHS) -> Report:
                   "adds `++method_kwargs.single_mask=true`. Warm-up and cosine decay span the "
                   f"{settings.epochs} epochs, so epoch 2 is probed at a high learning rate. With "
                   f"{n_test} test images one accuracy has a binomial standard error of up to "
-                  f"{se:.1f} points; one seed, so seed-to-seed spread (up to about 2 points at 2 "
-                  "epochs in the cpu scale) is not measured here."]
+                  f"{se:.1f} points. One pretraining seed: the spread between seeds is not measured "
+                  "here (the cpu scale's report has two seeds of each arm at 2 epochs)."]
     if missing:
         lines += ["", f"Not finished (no probe result): {', '.join(missing)}."]
     figures = []
