@@ -25,6 +25,13 @@ from __future__ import annotations
 
 import copy
 import functools
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 from typing import Callable, Dict, Optional
 
 import torch
@@ -271,6 +278,23 @@ def measure_fish_overhead(model: str = "cnn", *, device="cpu", domains: int = 3,
     }
 
 
+def cdsprites_train_argv(out, *, algorithm: str = "fish", num_domains: int, image_size: int, batch_size: int,
+                         steps: int, accelerator: str = "cpu", devices: int = 1, precision: str = "32-true",
+                         threads: int = 1, per_domain: int, num_eval: int, every: Optional[int] = None) -> list:
+    """``python -m gradmatch.cli train`` on CdSprites-N (``per_domain`` training images per domain,
+    ``num_eval`` in each evaluation split), logging every step; with ``every``, evaluating and
+    checkpointing every that many steps, else neither."""
+    data = {"num_domains": num_domains, "image_size": image_size, "per_domain": per_domain,
+            "num_val": num_eval, "num_test": num_eval, "num_id_val": num_eval}
+    return [sys.executable, "-m", "gradmatch.cli", "train", "--dataset", "cdsprites",
+            "--dataset-kwargs", json.dumps(data), "--algorithm", algorithm,
+            "--out", str(out), "--batch-size", str(batch_size),
+            "--max-steps", str(steps), "--log-every", "1", "--eval-every", str(every or 0),
+            "--checkpoint-every", str(every or 10 ** 6), "--no-progress",
+            "--accelerator", accelerator, "--devices", str(devices),
+            "--precision", precision, "--threads", str(threads)]
+
+
 def time_gradmatch_train(*, algorithm: str = "fish", accelerator: str = "cpu", devices: int = 1,
                          precision: str = "32-true", num_domains: int = 6, image_size: int = 64,
                          batch_size: int = 32, steps: int = 60, warmup: int = 10, threads: int = 1,
@@ -281,25 +305,12 @@ def time_gradmatch_train(*, algorithm: str = "fish", accelerator: str = "cpu", d
     Returns ``ms_per_step``, ``ms_per_step_iqr``, ``examples_per_s``, the first and last loss,
     ``wall_s`` (start-up included) and ``timed_steps``; ``{"error": ...}`` when the run fails or
     outlasts ``timeout_s`` seconds."""
-    import json
-    import os
-    import subprocess
-    import sys
-    import tempfile
-    import time
-    from pathlib import Path
-
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run"
-        kwargs = {"num_domains": num_domains, "image_size": image_size,
-                  "per_domain": max(256, 2 * batch_size), "num_val": 64, "num_test": 64, "num_id_val": 64}
-        command = [sys.executable, "-m", "gradmatch.cli", "train", "--dataset", "cdsprites",
-                   "--dataset-kwargs", json.dumps(kwargs), "--algorithm", algorithm,
-                   "--out", str(out), "--batch-size", str(batch_size),
-                   "--max-steps", str(steps), "--log-every", "1", "--eval-every", "0",
-                   "--checkpoint-every", str(10 ** 6), "--no-progress",
-                   "--accelerator", accelerator, "--devices", str(devices),
-                   "--precision", precision, "--threads", str(threads)]
+        command = cdsprites_train_argv(out, algorithm=algorithm, num_domains=num_domains, image_size=image_size,
+                                       batch_size=batch_size, steps=steps, accelerator=accelerator,
+                                       devices=devices, precision=precision, threads=threads,
+                                       per_domain=max(256, 2 * batch_size), num_eval=64)
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
                "PYTHONWARNINGS": "ignore"}
         start = time.perf_counter()

@@ -104,9 +104,7 @@ def _stop_at_deadline(out: Path, running: dict, echo: Callable[[str], None]) -> 
             proc.kill()
             proc.wait()
         log.close()
-        failed_path(out, job).write_text(json.dumps(
-            {"job": job.name, "why": STOPPED_AT_CAP, "argv": job.command(out),
-             "seconds": time.time() - start, "log": str(log_path(out, job))}, indent=2))
+        _record_failure(out, job, STOPPED_AT_CAP, start)
         echo(f"stopped {name} at the time cap ({(time.time() - start) / 60:.1f} min)")
     running.clear()
 
@@ -151,12 +149,17 @@ def _finish(out: Path, job: Job, rc: int, start: float) -> Optional[str]:
     if rc == 0 and job.is_done(out):
         return None
     why = f"exit status {rc}" if rc != 0 else f"exit status 0 but {job.done} was not written"
+    _record_failure(out, job, why, start)
+    return why
+
+
+def _record_failure(out: Path, job: Job, why: str, start: float) -> None:
+    """``<out>/jobs/<name>.failed.json``: why, the command, the seconds it ran, the log's tail."""
     log = log_path(out, job)
-    tail = log.read_text(errors="replace").splitlines()[-15:]
+    tail = log.read_text(errors="replace").splitlines()[-15:] if log.exists() else []
     failed_path(out, job).write_text(json.dumps(
         {"job": job.name, "why": why, "argv": job.command(out), "seconds": time.time() - start,
          "log": str(log), "log_tail": tail}, indent=2))
-    return why
 
 
 def launch_submitit(out: Path, jobs: Sequence[Job], retry_failed: bool = False,

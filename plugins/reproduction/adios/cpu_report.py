@@ -217,13 +217,9 @@ def _mean_cell(arm: dict, key: str) -> str:
 
 
 def _bar_plot(out: Path, arms: List[dict]) -> Optional[str]:
-    try:
-        import matplotlib
+    from runkit.bench.plot import pyplot
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
-        return None
+    plt = pyplot()
     labels = [a["arm"].replace("SimCLR+", "+").replace(" (no pretraining)", "") for a in arms]
     x = list(range(len(arms)))
     fig, ax = plt.subplots(figsize=(1.2 * len(arms) + 2, 3.6))

@@ -98,9 +98,10 @@ def epochs_report(out: Path, settings: EpochSettings = EPOCHS) -> Report:
         settings.probe_epochs)
     floor = read_json(out / "probes" / f"{FLOOR.key}.json")
     rows, missing = [], []
+    pretrains = {key: read_json(out / "arms" / key / "pretrain.json") for key in arms}
     for key in arms:
         arm = arm_by_key(key)
-        pre = read_json(out / "arms" / key / "pretrain.json")
+        pre = pretrains[key]
         for epoch in epochs:
             probe = read_json(out / "probes" / f"{probe_name(key, epoch)}.json")
             if probe is None:
@@ -138,8 +139,7 @@ def epochs_report(out: Path, settings: EpochSettings = EPOCHS) -> Report:
                                         + [fmt(floor["knn"]["overall"])] * len(epochs)) + " |")
     lines += ["", "Pretraining cost (whole run, all epochs):", "",
               "| arm | epochs | CPU-min | wall-min |", "|---|---|---|---|"]
-    for key in arms:
-        pre = read_json(out / "arms" / key / "pretrain.json")
+    for key, pre in pretrains.items():
         lines.append(f"| {arm_by_key(key).label} | {'-' if pre is None else pre.get('epochs')} | "
                      f"{'-' if pre is None else fmt(pre['cpu_s'] / 60)} | "
                      f"{'-' if pre is None else fmt(pre['wall_s'] / 60)} |")
@@ -182,13 +182,9 @@ def epochs_report(out: Path, settings: EpochSettings = EPOCHS) -> Report:
 def _epoch_plot(out: Path, rows: List[dict], floor: Optional[dict], epochs: List[int]) -> Optional[str]:
     if not rows:
         return None
-    try:
-        import matplotlib
+    from runkit.bench.plot import pyplot
 
-        matplotlib.use("Agg", force=False)
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
-        return None
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), sharey=True)
     for ax, key, title in zip(axes, ("linear", "knn"), ("linear probe", "k-NN probe (k=20)")):
         for arm in dict.fromkeys(r["arm"] for r in rows):

@@ -70,6 +70,12 @@ def _epoch_of(ckpt: Path) -> int:
     return int(found.group(1)) if found else -1
 
 
+def _checkpoints(cwd: Path, args: Sequence[str]) -> List[Path]:
+    """The run's solo-learn checkpoints (every version folder), by epoch, then by age: the last
+    is the newest file of the latest epoch."""
+    return sorted((cwd / _checkpoint_dir(args)).glob("*/*/*.ckpt"), key=lambda p: (_epoch_of(p), p.stat().st_mtime))
+
+
 def keep_epochs_args(cwd: Path, args: Sequence[str]) -> List[str]:
     """The overrides that keep every epoch's checkpoint and resume from the latest one.
 
@@ -79,7 +85,7 @@ def keep_epochs_args(cwd: Path, args: Sequence[str]) -> List[str]:
     last. So auto-resume is switched off and the latest epoch's checkpoint, when there is one,
     is passed as ``resume_from_checkpoint``."""
     extra = ["++checkpoint.keep_prev=true", "auto_resume.enabled=false"]
-    found = sorted((cwd / _checkpoint_dir(args)).glob("*/*/*.ckpt"), key=_epoch_of)
+    found = _checkpoints(cwd, args)
     if found:
         extra.append(f"++resume_from_checkpoint='{found[-1].resolve()}'")  # quoted: the name has '='
     return extra
@@ -90,7 +96,8 @@ def link_epochs(cwd: Path, args: Sequence[str], epochs: Sequence[int]) -> Dict[i
     numbers them from 0: ``ep=<e-1>``), for each ``e``; the other epochs' checkpoints but the
     last are deleted. Raises FileNotFoundError naming a missing epoch."""
     found: Dict[int, Path] = {}
-    for ckpt in sorted((cwd / _checkpoint_dir(args)).glob("*/*/*.ckpt"), key=lambda p: p.stat().st_mtime):
+    all_ckpts = _checkpoints(cwd, args)
+    for ckpt in all_ckpts:
         found[_epoch_of(ckpt)] = ckpt   # the newest file of an epoch (a resumed run may rewrite it)
     linked = {}
     for e in epochs:
@@ -100,7 +107,7 @@ def link_epochs(cwd: Path, args: Sequence[str], epochs: Sequence[int]) -> Dict[i
         linked[e] = str(found[e - 1])
     last = max(found)
     keep = {str(p) for p in linked.values()} | {str(found[last])}
-    for ckpt in (cwd / _checkpoint_dir(args)).glob("*/*/*.ckpt"):
+    for ckpt in all_ckpts:
         if str(ckpt) not in keep:
             ckpt.unlink()
     return linked
@@ -142,8 +149,7 @@ def run_solo(script: str, marker: Path, args: Sequence[str], link: Optional[Path
         return rc
     metrics = _last_metrics(cwd)
     if script == "pretrain":
-        found = sorted((cwd / _checkpoint_dir(args)).glob("*/*/*.ckpt"),
-                       key=lambda p: (_epoch_of(p), p.stat().st_mtime))
+        found = _checkpoints(cwd, args)
         ckpt = found[-1] if found else None
         if ckpt is None:
             print(f"gradmatch reproduce adios: no checkpoint under {cwd / _checkpoint_dir(args)}",

@@ -60,7 +60,8 @@ def jobs(scale: str, out: Path) -> List[Job]:
         out_jobs.append(Job(f"part/{part}", python_module("reproduction.gpu_check.part", part, "--scale", scale,
                                                           "--cap", f"{cap:g}", *extra),
                             done=f"parts/{part}.json", minutes=cap / 60, after=after,
-                            env={"PYTHONUNBUFFERED": "1", **({"OMP_NUM_THREADS": "4"} if scale == "gpu" else {})}))
+                            env={"PYTHONUNBUFFERED": "1",
+                                 **({"OMP_NUM_THREADS": str(settings.threads)} if settings.threads else {})}))
         after = (f"part/{part}",)   # one part at a time: they share the GPU and the 10 minutes
     return out_jobs
 

@@ -45,6 +45,7 @@ class CheckScale:
     domainbed: the DomainBed sweep of the science part; adios: the ADIOS arms of it.
     parallel: (DomainBed runs, ADIOS jobs) run at once in the science part.
     adios_extra: Hydra overrides every ADIOS science run gets (device, precision, workers).
+    threads: ``OMP_NUM_THREADS`` of each part's process.
     """
 
     description: str
@@ -60,6 +61,7 @@ class CheckScale:
     adios: CpuSettings
     parallel: Tuple[int, int]
     adios_extra: Tuple[str, ...] = ()
+    threads: Optional[int] = None   # OMP threads of each part's process (None: the library default)
 
     @property
     def device(self) -> str:
@@ -90,6 +92,7 @@ GPU = CheckScale(
     adios=CpuSettings(epochs=10, crop=64, batch=32, seeds=(0,), arms=("simclr", "adios", "random")),
     parallel=(9, 3),
     adios_extra=("accelerator=gpu", "devices=[0]", "precision=16-mixed", "data.num_workers=4"),
+    threads=4,
 )
 
 REHEARSAL = CheckScale(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -49,6 +50,13 @@ class Context:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def fresh_run(self, name: str) -> Path:
+        """``parts/<part>/<name>/run``, emptied: a rerun of the step starts over."""
+        run = self.folder(name) / "run"
+        if run.exists():
+            shutil.rmtree(run)
+        return run
+
     def run(self, argv: Sequence[str], name: str, cwd: Optional[Path] = None,
             env: Optional[dict] = None) -> subprocess.CompletedProcess:
         """``argv`` with its output in ``parts/<part>/<name>.log``; :class:`CapReached` at the cap."""
@@ -76,14 +84,11 @@ def _tail(ctx: Context, name: str) -> str:
 
 def _train_argv(ctx: Context, out: Path, steps: int, accelerator: str, precision: str = "32-true",
                 every: Optional[int] = None) -> List[str]:
+    from gradmatch.speed import cdsprites_train_argv
+
     k = ctx.scale.train_kwargs
-    data = {"num_domains": k["num_domains"], "image_size": k["image_size"],
-            "per_domain": max(64, 2 * k["batch_size"]), "num_val": 32, "num_test": 32, "num_id_val": 32}
-    return [sys.executable, "-m", "gradmatch.cli", "train", "--dataset", "cdsprites", "--dataset-kwargs",
-            json.dumps(data), "--out", str(out), "--batch-size", str(k["batch_size"]), "--no-progress",
-            "--max-steps", str(steps), "--log-every", "1", "--eval-every", str(every or 0),
-            "--checkpoint-every", str(every or 10 ** 6), "--accelerator", accelerator,
-            "--precision", precision, "--threads", "1"]
+    return cdsprites_train_argv(out, steps=steps, accelerator=accelerator, precision=precision, every=every,
+                                per_domain=max(64, 2 * k["batch_size"]), num_eval=32, **k)
 
 
 def _train_log(out: Path) -> List[dict]:
@@ -117,12 +122,8 @@ def resume_across(first: str, second: str) -> Callable[[Context], dict]:
     def step(ctx: Context) -> dict:
         """A run checkpointed on ``first`` continues on ``second``: every step once, in order."""
         every = max(1, ctx.scale.train_steps // 3)
-        out = ctx.folder(f"resume_{first}_to_{second}") / "run"
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
         name = f"resume_{first}_to_{second}"
+        out = ctx.fresh_run(name)
         if ctx.run(_train_argv(ctx, out, 2 * every, first, every=every), name).returncode != 0:
             return {"status": f"failed: the first run: {_tail(ctx, name)}"}
         (out / "summary.json").unlink()   # as if killed after its last checkpoint
@@ -141,12 +142,8 @@ def resume_across(first: str, second: str) -> Callable[[Context], dict]:
 def fish_precision(precision: str) -> Callable[[Context], dict]:
     def step(ctx: Context) -> dict:
         """``gradmatch train`` (Fish) at ``precision``: finite losses and a summary."""
-        out = ctx.folder(f"fish_{precision}") / "run"
         name = f"fish_{precision}"
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
+        out = ctx.fresh_run(name)
         steps = max(2, ctx.scale.train_steps // 3)
         proc = ctx.run(_train_argv(ctx, out, steps, ctx.scale.accelerator, precision), name)
         if proc.returncode != 0:
