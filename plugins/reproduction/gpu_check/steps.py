@@ -257,11 +257,10 @@ def science(ctx: Context) -> dict:
     def domainbed():
         if ctx.mnist is None:
             raise FileNotFoundError("MNIST not found (set $GRADMATCH_DOMAINBED_DATA)")
-        from ..fish.domainbed.plan import DATA_ENV, plan_jobs
+        from ..fish.domainbed.plan import plan_jobs
 
-        os.environ[DATA_ENV] = ctx.mnist
         sub = ctx.out / "science" / "domainbed"
-        return sub, plan_jobs(ctx.scale.domainbed, sub), ctx.scale.parallel[0]
+        return sub, plan_jobs(ctx.scale.domainbed, sub, Path(ctx.mnist)), ctx.scale.parallel[0]
 
     def adios():
         if ctx.pacs is None:

@@ -186,13 +186,15 @@ def _job_name(args: dict) -> str:
             f"test{envs}_hp{args['hparams_seed']}_trial{args['trial_seed']}")
 
 
-def plan_jobs(plan: Plan, out: Path) -> List[Job]:
+def plan_jobs(plan: Plan, out: Path, source: Optional[Path] = None) -> List[Job]:
     """The jobs of ``plan``: the data job, then every DomainBed run, longest first (so two at a
-    time finish together). Paths are relative to ``out`` (the jobs' working folder)."""
+    time finish together). Paths are relative to ``out`` (the jobs' working folder). MNIST comes
+    from the folder an earlier data job of ``out`` used, else ``source``, else
+    :func:`source_data_dir`."""
     db = domainbed_modules()
     env = {"DOMAINBED_DIR": str(db.root), **plan.env}
     counts = ("--train", plan.mnist_subset[0], "--test", plan.mnist_subset[1]) if plan.mnist_subset else ()
-    source = recorded_source(Path(out)) or source_data_dir()
+    source = recorded_source(Path(out)) or source or source_data_dir()
     data_job = Job(name=DATA_JOB, done=DATA_DONE, minutes=0.1, argv=python_module(
         MODULE, "data", "--source", source, "--dest", DATA_DIR, *counts))
     runs = []
