@@ -94,3 +94,13 @@ def test_every_relative_link_and_image_exists(page):
         elif anchor and resolved.suffix == ".md" and anchor not in _anchors(resolved):
             broken.append(target)
     assert not broken, f"{page.name}: broken links {broken}"
+
+
+def test_the_file_order_of_the_suite_names_existing_files():
+    """conftest.FILE_SECONDS orders the longest test files first; a renamed file would silently
+    drop back among the short ones."""
+    from conftest import FILE_SECONDS
+
+    missing = [name for name in FILE_SECONDS if not (ROOT / "tests" / name).is_file()]
+    assert not missing, f"tests/conftest.py FILE_SECONDS names files that do not exist: {missing}"
+    assert list(FILE_SECONDS.values()) == sorted(FILE_SECONDS.values(), reverse=True)
